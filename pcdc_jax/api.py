@@ -1,0 +1,246 @@
+"""compress(image, model) -> bytes ; decompress(bytes, model) -> image.
+
+The encoder runs the analysis transform on the device, derives every coding parameter with the
+integer hyper decoder on the host, and codes each tile of the latent independently.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import math
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pcdc_jax import checkpoint
+from pcdc_jax.allocation.rates import rate_table_fn
+from pcdc_jax.codec import bitstream
+from pcdc_jax.codec.entropy_coding import Coder, integer_hyper_decoder
+from pcdc_jax.codec.model import Codec
+from pcdc_jax.data.images import pad_to_multiple, to_float, to_uint8
+from pcdc_jax.errors import BudgetError, ImageReadError, PCDCFormatError, ModelMismatchError
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default"
+
+
+def default_model_dir() -> Path:
+    return Path(os.environ.get("PCDC_MODEL", DEFAULT_MODEL))
+
+
+class Analysis(NamedTuple):
+    """Encoder-side quantities of one image (host numpy unless noted)."""
+
+    height: int
+    width: int
+    y: np.ndarray          # float32 [h, w, M]
+    z_symbols: np.ndarray  # int32 [h/4, w/4, Cz]
+    mu: np.ndarray         # float32 [h, w, M] (exact, from the integer hyper decoder)
+    t: np.ndarray          # int32 [h, w, M] integer log-scales
+    symbols: np.ndarray    # int32 [K, h, w, M]: symbols of every block at every level
+    rates: np.ndarray      # float32 [h * w, K]: exact bits of every block at every level
+    z_bits: float          # ideal bits of the z stream
+    inside: np.ndarray     # bool [h, w]: block overlaps the image (else it is padding only)
+
+
+class CompressResult(NamedTuple):
+    data: bytes
+    levels: np.ndarray     # uint8 [h, w]
+    estimated_bits: float  # rate table + z bits (entropy-coded payload only)
+    payload_bits: int      # actual bits of the z and y streams
+
+
+class Runtime:
+    """A loaded model with its jitted transforms, coder and integer hyper decoder."""
+
+    def __init__(self, model: checkpoint.Model, threads: int | None = None):
+        self.model = model
+        self.cfg = model.cfg
+        cc = model.cfg.codec
+        self.params = jax.device_put(model.params)
+        self.coder = Coder(cc, model.tables)
+        self.hyper = integer_hyper_decoder(cc, model.tables)
+        self.y_bits = jnp.asarray(self.coder.y_bits)
+        self.y_half = jnp.asarray(self.coder.y_half.astype(np.int32))
+        self.level_steps = np.asarray(cc.level_steps(), np.float32)
+        self.exponents = np.asarray(cc.level_exponents, np.int32)
+        self._analysis = jax.jit(functools.partial(Codec(cc).apply, method=Codec.analysis))
+        self._synthesis = jax.jit(lambda p, y, lv: Codec(cc).apply(
+            p, y, lv, method=Codec.synthesis)[0])
+        self._rates = rate_table_fn(cc)
+        self.pool = concurrent.futures.ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1))
+
+    @property
+    def num_levels(self) -> int:
+        return self.cfg.codec.num_levels
+
+    # ------------------------------------------------------------------ encoder side
+    def analyze(self, image: np.ndarray) -> Analysis:
+        """image uint8 [H, W, 3] -> Analysis (rate table included)."""
+        image = _check_image(image, self.cfg.container.max_pixels)
+        h, w = image.shape[:2]
+        x = jnp.asarray(to_float(pad_to_multiple(image, bitstream.GRID)))[None]
+        y, z = self._analysis({"params": self.params}, x)
+        ms = self.cfg.codec.max_symbol
+        z_sym = np.clip(np.round(np.asarray(z[0])), -ms, ms).astype(np.int32)
+        mu, t = self.hyper(z_sym)
+        symbols, rates = self._rates(y[0], jnp.asarray(mu), jnp.asarray(t), self.y_bits, self.y_half)
+        hl, wl = mu.shape[:2]
+        inside = np.zeros((hl, wl), bool)
+        inside[:math.ceil(h / bitstream.BLOCK), :math.ceil(w / bitstream.BLOCK)] = True
+        return Analysis(h, w, np.asarray(y[0]), z_sym, mu, t, np.asarray(symbols),
+                        np.asarray(rates), self.coder.z_bits_of(z_sym), inside)
+
+    def uniform_levels(self, an: Analysis, level: int) -> np.ndarray:
+        """Level `level` on every block that overlaps the image, the coarsest on padding."""
+        if not 0 <= level < self.num_levels:
+            raise ValueError(f"level must be in 0..{self.num_levels - 1}, got {level}")
+        return np.where(an.inside, level, 0).astype(np.uint8)
+
+    def estimate_bits(self, an: Analysis, levels: np.ndarray) -> float:
+        hl, wl = levels.shape
+        per_block = an.rates[np.arange(hl * wl), levels.ravel().astype(np.int64)]
+        return float(per_block.sum() + an.z_bits)
+
+    def selected_symbols(self, an: Analysis, levels: np.ndarray) -> np.ndarray:
+        """int32 [h, w, M]: each block's symbols at its level."""
+        return np.take_along_axis(an.symbols, levels[None, :, :, None].astype(np.int64), 0)[0]
+
+    def encode(self, an: Analysis, levels: np.ndarray, metadata: dict | None = None) -> CompressResult:
+        """Entropy-codes the analysis at a level map into a .pcdc file."""
+        levels = np.asarray(levels, np.uint8)
+        symbols = self.selected_symbols(an, levels)
+        index = self.scale_index(an.t, levels)
+        tiles = bitstream.tile_grid(*levels.shape, self.cfg.container.tile_latent)
+        streams = list(self.pool.map(
+            lambda sl: (bitstream.symbols_crc(symbols[sl]), self.coder.encode_y(symbols[sl], index[sl])),
+            tiles))
+        z_stream = self.coder.encode_z(an.z_symbols)
+        c = bitstream.Container(an.height, an.width, self.cfg.container.tile_latent, self.num_levels,
+                                self.model.fingerprint, levels, z_stream, streams, metadata or {})
+        payload = 8 * (len(z_stream) + sum(len(s) for _, s in streams))
+        return CompressResult(bitstream.pack(c), levels, self.estimate_bits(an, levels), payload)
+
+    def scale_index(self, t: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """Exact integer scale index of every element (same rule as prior.scale_index)."""
+        e = self.exponents[levels.astype(np.int64)][..., None]
+        return np.clip(t - e, 0, self.cfg.codec.num_scales - 1)
+
+    def dequantize(self, symbols: np.ndarray, mu: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        return mu + self.level_steps[levels.astype(np.int64)][..., None] * symbols.astype(np.float32)
+
+    # ------------------------------------------------------------------ decoder side
+    def parse(self, data: bytes) -> bitstream.Container:
+        return bitstream.unpack(data, max_pixels=self.cfg.container.max_pixels,
+                                fingerprint=self.model.fingerprint, num_levels=self.num_levels)
+
+    def decode_latent(self, c: bitstream.Container) -> tuple[np.ndarray, np.ndarray]:
+        """Container -> (symbols int32 [h, w, M], mu float32 [h, w, M]) after every check."""
+        hl, wl = c.latent_shape
+        zs = (hl // 4, wl // 4, self.cfg.codec.hyper_channels)
+        z_sym = self.coder.decode_z(c.z_stream, zs)
+        mu, t = self.hyper(z_sym)
+        index = self.scale_index(t, c.levels)
+        symbols = np.empty(index.shape, np.int32)
+        tiles = bitstream.tile_grid(hl, wl, c.tile_latent)
+
+        def work(i):
+            sl = tiles[i]
+            s = self.coder.decode_y(c.tiles[i][1], index[sl])
+            if bitstream.symbols_crc(s) != c.tiles[i][0]:
+                raise ModelMismatchError(
+                    f"tile {i}: decoded symbols fail their checksum (model or platform mismatch)")
+            symbols[sl] = s
+
+        list(self.pool.map(work, range(len(tiles))))
+        return symbols, mu
+
+    def synthesize(self, y_hat: np.ndarray, levels: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Context decoder: y_hat [h, w, M] -> uint8 image [height, width, 3] (x_base)."""
+        x = self._synthesis({"params": self.params}, jnp.asarray(y_hat)[None],
+                            jnp.asarray(levels.astype(np.int32))[None])
+        return to_uint8(np.asarray(x[0, :height, :width]))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str) -> Runtime:
+    return Runtime(checkpoint.load_model(path))
+
+
+def load(model_dir: str | os.PathLike | None = None) -> Runtime:
+    """Loads (and caches) a model directory; default: $PCDC_MODEL or the shipped model."""
+    return _load_cached(str(Path(model_dir or default_model_dir()).resolve()))
+
+
+def _check_image(image: np.ndarray, max_pixels: int) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise ImageReadError(f"expected uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
+    h, w = image.shape[:2]
+    if h < 1 or w < 1:
+        raise ImageReadError(f"empty image {w}x{h}")
+    if h * w > max_pixels:
+        raise ImageReadError(f"image {w}x{h} exceeds the limit of {max_pixels} pixels")
+    return image
+
+
+def budget_bytes(height: int, width: int, ratio: float | None = None, bpp: float | None = None) -> int:
+    """Largest file size (bytes) meeting a compression ratio (vs 24-bit RGB) or a bpp."""
+    if (ratio is None) == (bpp is None):
+        raise ValueError("give exactly one of ratio and bpp")
+    if ratio is not None:
+        if not ratio > 0 or not math.isfinite(ratio):
+            raise ValueError(f"ratio must be a positive number, got {ratio}")
+        return int(math.floor(3 * height * width / ratio))
+    if not bpp > 0 or not math.isfinite(bpp):
+        raise ValueError(f"bpp must be a positive number, got {bpp}")
+    return int(math.floor(bpp * height * width / 8))
+
+
+def compress(image: np.ndarray, runtime: Runtime, *, level: int | None = None,
+             ratio: float | None = None, bpp: float | None = None,
+             metadata: dict | None = None) -> CompressResult:
+    """Compresses uint8 [H, W, 3].
+
+    With `level`, every block uses that level. With `ratio` or `bpp`, the finest uniform level
+    whose file fits the budget is used (the file never exceeds it); BudgetError if none fits.
+    Without any, the finest level.
+    """
+    an = runtime.analyze(image)
+    if ratio is None and bpp is None:
+        return runtime.encode(an, runtime.uniform_levels(
+            an, runtime.num_levels - 1 if level is None else level), metadata)
+    if level is not None:
+        raise ValueError("give either a level or a budget (ratio / bpp), not both")
+    limit = budget_bytes(an.height, an.width, ratio, bpp)
+    result = None
+    for k in range(runtime.num_levels - 1, -1, -1):
+        levels = runtime.uniform_levels(an, k)
+        if k > 0 and runtime.estimate_bits(an, levels) / 8 > limit:
+            continue   # the payload alone is over budget; no need to code it
+        result = runtime.encode(an, levels, metadata)
+        if len(result.data) <= limit:
+            return result
+    smallest = len(result.data)
+    raise BudgetError(
+        f"cannot fit {an.width}x{an.height} in {limit} bytes: the coarsest level needs {smallest} "
+        f"bytes (ratio {3 * an.height * an.width / smallest:.1f}, "
+        f"{8 * smallest / (an.height * an.width):.3f} bpp)",
+        smallest, 3 * an.height * an.width / smallest)
+
+
+def decompress(data: bytes, runtime: Runtime) -> np.ndarray:
+    """.pcdc bytes -> uint8 [H, W, 3] (the context decoder's x_base)."""
+    c = runtime.parse(data)
+    symbols, mu = runtime.decode_latent(c)
+    return runtime.synthesize(runtime.dequantize(symbols, mu, c.levels), c.levels, c.height, c.width)
+
+
+def reconstruct(an: Analysis, levels: np.ndarray, runtime: Runtime) -> np.ndarray:
+    """What the model computes without entropy coding: x_base from the analysis at a level map."""
+    levels = np.asarray(levels, np.uint8)
+    y_hat = runtime.dequantize(runtime.selected_symbols(an, levels), an.mu, levels)
+    return runtime.synthesize(y_hat, levels, an.height, an.width)

@@ -1,0 +1,154 @@
+"""The `pcdc` command: compress, decompress, info.
+
+Every failure a user can cause prints one line to stderr and exits non-zero; outputs are written
+under a temporary name and renamed, so nothing partial is ever left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_USAGE, EXIT_FAILURE, EXIT_BUDGET = 2, 1, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pcdc", description="Learned image codec for remote-sensing "
+                                 "and drone imagery (.pcdc files).")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compress", help="image (PNG/JPEG/TIFF) -> .pcdc")
+    c.add_argument("input")
+    c.add_argument("-o", "--output", required=True)
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--ratio", type=float, help="file at most (24*H*W/8)/R bytes")
+    g.add_argument("--bpp", type=float, help="file at most B*H*W/8 bytes")
+    g.add_argument("--level", type=int, help="uniform quantization level (0 coarsest .. K-1 finest)")
+    c.add_argument("--model", help="model directory (default: $PCDC_MODEL or the shipped model)")
+    c.add_argument("--quiet", action="store_true")
+
+    d = sub.add_parser("decompress", help=".pcdc -> PNG/TIFF")
+    d.add_argument("input")
+    d.add_argument("-o", "--output", required=True)
+    d.add_argument("--model")
+    d.add_argument("--reference", help="original image: also print PSNR against it")
+    d.add_argument("--quiet", action="store_true")
+
+    i = sub.add_parser("info", help="describe a .pcdc file")
+    i.add_argument("input")
+    i.add_argument("--json", action="store_true")
+    return ap
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        from pcdc_jax.errors import PCDCError
+        raise PCDCError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _check_output(path: str) -> None:
+    parent = Path(path).absolute().parent
+    if not parent.is_dir():
+        from pcdc_jax.errors import PCDCError
+        raise PCDCError(f"{path}: output folder {parent} does not exist")
+
+
+def _compress(args) -> int:
+    from pcdc_jax import api
+    from pcdc_jax.data.images import atomic_write_bytes, read_image
+
+    _check_output(args.output)
+    notices: list[str] = []
+    image = read_image(args.input, notices)
+    for n in notices:
+        print(f"notice: {n}", file=sys.stderr)
+    rt = api.load(args.model)
+    t0 = time.time()
+    result = api.compress(image, rt, level=args.level, ratio=args.ratio, bpp=args.bpp)
+    dt = time.time() - t0
+    atomic_write_bytes(args.output, result.data)
+    h, w = image.shape[:2]
+    n = len(result.data)
+    levels = sorted(set(result.levels[: -(-h // 16), : -(-w // 16)].ravel().tolist()))
+    if not args.quiet:
+        print(f"{args.input} ({w}x{h}) -> {args.output}: {n} bytes, {8 * n / (h * w):.4f} bpp, "
+              f"ratio {3 * h * w / n:.1f}:1, level {','.join(map(str, levels))}, {dt:.2f} s")
+    return 0
+
+
+def _decompress(args) -> int:
+    from pcdc_jax import api
+    from pcdc_jax.data.images import read_image, write_image
+
+    _check_output(args.output)
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in (".png", ".tif", ".tiff", ".bmp", ".webp"):
+        from pcdc_jax.errors import PCDCError
+        raise PCDCError(f"{args.output}: unsupported output format {suffix!r} (use .png or .tif)")
+    data = _read_bytes(args.input)
+    rt = api.load(args.model)
+    t0 = time.time()
+    image = api.decompress(data, rt)
+    dt = time.time() - t0
+    write_image(args.output, image)
+    h, w = image.shape[:2]
+    msg = (f"{args.input} -> {args.output} ({w}x{h}): {8 * len(data) / (h * w):.4f} bpp, "
+           f"ratio {3 * h * w / len(data):.1f}:1, {dt:.2f} s")
+    if args.reference:
+        import numpy as np
+        ref = read_image(args.reference, notices=[])
+        if ref.shape != image.shape:
+            from pcdc_jax.errors import PCDCError
+            raise PCDCError(f"reference {args.reference} is {ref.shape[1]}x{ref.shape[0]}, "
+                            f"decoded image is {w}x{h}")
+        mse = np.mean((ref.astype(np.float64) - image) ** 2)
+        msg += f", PSNR {10 * np.log10(255 ** 2 / max(mse, 1e-10)):.2f} dB"
+    if not args.quiet:
+        print(msg)
+    return 0
+
+
+def _info(args) -> int:
+    from pcdc_jax.codec import bitstream
+    from pcdc_jax.config import ContainerConfig
+
+    info = bitstream.read_header(_read_bytes(args.input), ContainerConfig().max_pixels)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"{args.input}: .pcdc v{info['version']}, {info['width']}x{info['height']}, "
+              f"{info['bytes']} bytes, {info['bpp']:.4f} bpp, ratio {info['ratio']:.1f}:1")
+        print(f"  latent {info['latent_grid'][0]}x{info['latent_grid'][1]} blocks in "
+              f"{info['tiles']} tiles of {info['tile_latent']}; levels used "
+              f"{info['level_histogram']} (0 coarsest)")
+        print(f"  model {info['model_fingerprint']}; hyper {info['hyper_bytes']} B, "
+              f"tiles {info['tile_bytes']} B; metadata keys {sorted(info['metadata'])}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import logging
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    from pcdc_jax.errors import BudgetError, PCDCError
+    try:
+        return {"compress": _compress, "decompress": _decompress, "info": _info}[args.command](args)
+    except BudgetError as e:
+        print(f"pcdc {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_BUDGET
+    except (PCDCError, ValueError) as e:
+        print(f"pcdc {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(f"pcdc {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Analysis transforms: image -> y (stride 16) and y -> z (stride 4 on y)."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from pcdc_jax.codec.layers import Down, ResBlock, act
+from pcdc_jax.config import CodecConfig
+
+
+class Encoder(nn.Module):
+    """x in [0, 1], [B, H, W, 3] -> y [B, H/16, W/16, M]. Block b of 16x16 pixels is y[:, i, j]."""
+
+    cfg: CodecConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x - 0.5
+        for i, c in enumerate(self.cfg.encoder_channels):
+            h = Down(c, name=f"down{i}")(h)
+            if i > 0:
+                h = ResBlock(c, name=f"res{i}")(h)
+        return Down(self.cfg.latent_channels, activation=False, name="down_out")(h)
+
+
+class HyperEncoder(nn.Module):
+    """y [B, h, w, M] -> z [B, h/4, w/4, Cz]."""
+
+    cfg: CodecConfig
+
+    @nn.compact
+    def __call__(self, y: jax.Array) -> jax.Array:
+        c = self.cfg.hyper_hidden
+        h = act(nn.Conv(c, (3, 3), name="conv_in")(y))
+        h = Down(c, name="down0")(h)
+        return Down(self.cfg.hyper_channels, activation=False, name="down1")(h)

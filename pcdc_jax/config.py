@@ -1,0 +1,184 @@
+"""Typed configuration: frozen dataclasses, named presets, JSON round trip.
+
+Every number that shapes the bitstream lives here, so a model directory's `config.json` is all a
+decoder needs besides the weights and coding tables.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecConfig:
+    """Learned latent codec (encoder, hyperprior, context decoder) and its coding tables."""
+
+    latent_channels: int = 128          # M: channels of y, one latent position per 16x16 block
+    hyper_channels: int = 64            # Cz: channels of z (stride 64 on the image)
+    encoder_channels: tuple[int, ...] = (64, 128, 160)   # after each of the first three 2x downs
+    hyper_hidden: int = 128             # width of hyper encoder / decoder
+    decoder_channels: tuple[int, ...] = (192, 128, 96, 64)  # context features at strides 16,8,4,2
+    decoder_res_blocks: int = 1         # residual blocks at each decoder scale
+    # K quantization levels. Level k divides (y - mu) by step_k = exp(scale_log_delta * e_k).
+    # Level 0 is the coarsest (fewest bits), level K-1 the finest. Integer exponents keep the
+    # scale-index arithmetic exact: index(level k) = t - e_k with t the integer log-scale.
+    level_exponents: tuple[int, ...] = (10, 5, 0, -5, -10)
+    # Fixed Gaussian scale table: sigma_i = scale_min * exp(scale_log_delta * i), i < num_scales.
+    scale_min: float = 0.11
+    scale_log_delta: float = 0.1
+    num_scales: int = 64
+    tail_mass: float = 1e-9             # probability mass left to the escape symbol
+    cdf_precision: int = 16             # integer frequency tables sum to 2**cdf_precision
+    likelihood_bound: float = 1e-9
+    max_symbol: int = 2**20             # |symbol| is clipped here (escape codes up to 2**20)
+    # Integer hyper-decoder: weights in fixed point with `int_weight_bits` fractional bits,
+    # activations with `int_act_bits`; every product and sum is an exact integer below 2**53.
+    int_weight_bits: int = 12
+    int_act_bits: int = 8
+    int_act_max: float = 127.0
+    hyper_input_max: int = 255          # z symbols are clipped to +-this before the hyper decoder
+    z_table_range: int = 256            # z tables are searched over [-range, range]
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.level_exponents)
+
+    def level_steps(self) -> tuple[float, ...]:
+        return tuple(math.exp(self.scale_log_delta * e) for e in self.level_exponents)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Codec-stage training (rate + MSE) schedule."""
+
+    batch_size: int = 8
+    crop_size: int = 128
+    learning_rate: float = 3e-4
+    lr_final_fraction: float = 0.1      # cosine decay to this fraction of the peak
+    lr_warmup_steps: int = 200
+    total_steps: int = 20000
+    grad_clip: float = 1.0
+    # Distortion weight at the middle level; level k uses lmbda * (step_mid / step_k)**2 so every
+    # level sits at its own high-rate optimal trade-off (D ~ step**2).
+    lmbda: float = 0.013
+    # Explicit warm-up of the rate term: weight ramps linearly from rate_weight_start to 1 over
+    # rate_warmup_steps (a low start avoids collapsing to a gray, zero-rate image).
+    rate_weight_start: float = 0.1
+    rate_warmup_steps: int = 1000
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerConfig:
+    """Limits the .pcdc parser checks before allocating anything."""
+
+    tile_latent: int = 32               # tile side in latent positions (32 -> 512 pixels)
+    max_pixels: int = 100_000_000       # absurd-size guard (H * W)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str = "base"
+    codec: CodecConfig = CodecConfig()
+    train: TrainConfig = TrainConfig()
+    container: ContainerConfig = ContainerConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        return _from_dict(cls, d)
+
+    @classmethod
+    def from_json(cls, s: str) -> "Config":
+        return cls.from_dict(json.loads(s))
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+    def override(self, assignments) -> "Config":
+        """Applies "section.field=value" strings (value parsed as JSON, else kept as a string)."""
+        d = self.to_dict()
+        for a in assignments:
+            key, sep, value = a.partition("=")
+            section, dot, field = key.partition(".")
+            if not sep or not dot or section not in d or not isinstance(d[section], dict) \
+                    or field not in d[section]:
+                raise ValueError(f"bad override {a!r}: expected section.field=value with a known field")
+            try:
+                d[section][field] = json.loads(value)
+            except json.JSONDecodeError:
+                d[section][field] = value
+        return Config.from_dict(d)
+
+
+def _from_dict(cls, d):
+    """Builds a (nested) frozen dataclass from a dict, turning JSON lists back into tuples."""
+    if not isinstance(d, dict):
+        raise TypeError(f"expected a mapping for {cls.__name__}, got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    kwargs = {}
+    for name, value in d.items():
+        default = getattr(cls(), name) if name in fields else None
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _from_dict(type(default), value)
+        elif isinstance(default, tuple):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def tiny() -> Config:
+    """Minutes-fast preset for tests."""
+    return Config(
+        name="tiny",
+        codec=CodecConfig(latent_channels=16, hyper_channels=8, encoder_channels=(8, 16, 16),
+                          hyper_hidden=16, decoder_channels=(24, 16, 12, 8), decoder_res_blocks=0),
+        train=TrainConfig(batch_size=2, crop_size=64, total_steps=20, lr_warmup_steps=2,
+                          rate_warmup_steps=5, checkpoint_every=5, log_every=1),
+        container=ContainerConfig(tile_latent=4),
+    )
+
+
+def small() -> Config:
+    """The CPU-trainable preset (the shipped default model)."""
+    return Config(
+        name="small",
+        codec=CodecConfig(latent_channels=128, hyper_channels=64, encoder_channels=(48, 96, 128),
+                          hyper_hidden=96, decoder_channels=(160, 128, 64, 32),
+                          decoder_res_blocks=1),
+    )
+
+
+def base() -> Config:
+    """Accelerator preset."""
+    return Config(
+        name="base",
+        codec=CodecConfig(latent_channels=192, hyper_channels=128, encoder_channels=(96, 192, 256),
+                          hyper_hidden=192, decoder_channels=(256, 192, 128, 64),
+                          decoder_res_blocks=2),
+        train=TrainConfig(batch_size=16, crop_size=256, total_steps=200000),
+    )
+
+
+PRESETS = {"tiny": tiny, "small": small, "base": base}
+
+
+def preset(name: str) -> Config:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}") from None

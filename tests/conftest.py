@@ -1,0 +1,62 @@
+"""Test setup: 4 simulated CPU devices (before JAX loads), tiny models, sample images."""
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=4").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import logging  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+logging.getLogger("absl").setLevel(logging.ERROR)
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+SHARED = ROOT.parent / "shared" / "data"
+DEFAULT_MODEL = ROOT / "pcdc_jax" / "models" / "default"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny-preset model after a few training steps, exported like a shipped model."""
+    from pcdc_jax import checkpoint, config
+    from pcdc_jax.codec import entropy_coding, training
+
+    cfg = config.tiny()
+    state = training.init_state(cfg, jax.random.PRNGKey(0))
+    step = training.jit_train_step(cfg)
+    x = jax.numpy.asarray(sample_image()[:64, :128].astype(np.float32) / 255.0).reshape(2, 64, 64, 3)
+    for i in range(3):
+        state, _ = step(state, x, jax.random.PRNGKey(i))
+    params = jax.device_get(state.params)
+    d = tmp_path_factory.mktemp("models") / "tiny"
+    checkpoint.export_model(d, cfg, params, entropy_coding.build_tables(cfg.codec, params))
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_dir):
+    from pcdc_jax import api
+    return api.load(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def default_runtime():
+    if not (DEFAULT_MODEL / "checkpoints").exists() and not any(DEFAULT_MODEL.glob("*")):
+        pytest.skip("no shipped default model")
+    from pcdc_jax import api
+    return api.load(DEFAULT_MODEL)
+
+
+def sample_image(name: str = "coffee.png") -> np.ndarray:
+    from pcdc_jax.data.images import read_image
+    return read_image(SAMPLES / name)
+
+
+@pytest.fixture
+def coffee():
+    return sample_image()
