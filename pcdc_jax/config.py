@@ -21,6 +21,10 @@ class CodecConfig:
     hyper_hidden: int = 128             # width of hyper encoder / decoder
     decoder_channels: tuple[int, ...] = (192, 128, 96, 64)  # context features at strides 16,8,4,2
     decoder_res_blocks: int = 1         # residual blocks at each decoder scale
+    # A linear 16x16-block transform beside the convolutional stacks (encoder: block pixels ->
+    # latent; decoder: latent -> block pixels). Learns a KLT-like code within a few hundred CPU
+    # steps, which the nonlinear layers then refine (measured in BENCHMARKS.md).
+    linear_skip: bool = True
     # K quantization levels. Level k divides (y - mu) by step_k = exp(scale_log_delta * e_k).
     # Level 0 is the coarsest (fewest bits), level K-1 the finest. Integer exponents keep the
     # scale-index arithmetic exact: index(level k) = t - e_k with t the integer log-scale.
@@ -160,6 +164,7 @@ def small() -> Config:
         codec=CodecConfig(latent_channels=128, hyper_channels=64, encoder_channels=(48, 96, 128),
                           hyper_hidden=96, decoder_channels=(160, 128, 64, 32),
                           decoder_res_blocks=1),
+        train=TrainConfig(learning_rate=1e-3, total_steps=5000),
     )
 
 

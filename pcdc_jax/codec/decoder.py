@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pcdc_jax.codec.layers import ResBlock, Up, act
+from pcdc_jax.codec.layers import ResBlock, Up, act, depth_to_space
 from pcdc_jax.config import CodecConfig
 
 
@@ -36,4 +36,7 @@ class ContextDecoder(nn.Module):
                 h = ResBlock(c, name=f"res{i}_{r}")(h)
             features[stride] = h
         x = Up(3, activation=False, name="up_out")(h)
+        if cfg.linear_skip:
+            x = x + depth_to_space(nn.Dense(16 * 16 * 3, kernel_init=nn.initializers.zeros,
+                                              name="block_linear")(y_hat), 16)
         return x + 0.5, features

@@ -4,7 +4,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from pcdc_jax.codec.layers import Down, ResBlock, act
+from pcdc_jax.codec.layers import Down, ResBlock, act, space_to_depth
 from pcdc_jax.config import CodecConfig
 
 
@@ -15,12 +15,16 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = x - 0.5
+        x = x - 0.5
+        h = x
         for i, c in enumerate(self.cfg.encoder_channels):
             h = Down(c, name=f"down{i}")(h)
             if i > 0:
                 h = ResBlock(c, name=f"res{i}")(h)
-        return Down(self.cfg.latent_channels, activation=False, name="down_out")(h)
+        y = Down(self.cfg.latent_channels, activation=False, name="down_out")(h)
+        if self.cfg.linear_skip:
+            y = y + nn.Dense(self.cfg.latent_channels, name="block_linear")(space_to_depth(x, 16))
+        return y
 
 
 class HyperEncoder(nn.Module):

@@ -1,0 +1,37 @@
+"""Export a training run's latest (or given) step as a model directory for `pcdc` and eval.
+
+  python train/export_model.py --run runs/small --out pcdc_jax/models/default [--step N]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+
+from pcdc_jax import checkpoint  # noqa: E402
+from pcdc_jax.codec import entropy_coding, training  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--step", type=int)
+    args = ap.parse_args(argv)
+    mngr = checkpoint.manager(Path(args.run) / "checkpoints", create=False)
+    step = args.step if args.step is not None else mngr.latest_step()
+    if step is None:
+        sys.exit(f"export_model: error: {args.run} has no checkpoint")
+    cfg = checkpoint.restore_config(mngr, step)
+    state = checkpoint.restore_state(mngr, training.init_state(cfg, jax.random.PRNGKey(0)), step)
+    params = jax.device_get(state.params)
+    checkpoint.export_model(args.out, cfg, params, entropy_coding.build_tables(cfg.codec, params), step=step)
+    print(f"exported step {step} of {args.run} to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
