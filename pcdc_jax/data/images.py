@@ -34,7 +34,7 @@ def read_image(path: str | os.PathLike, notices: list[str] | None = None) -> np.
         raise ImageReadError(f"{path}: cannot read image ({e})") from None
     if mode != "RGB":
         msg = f"{path.name}: converted {mode} image to RGB"
-        if mode in ("RGBA", "LA", "PA") or "A" in mode and mode != "RGB":
+        if "A" in mode:
             msg += " (alpha channel dropped)"
         if notices is None:
             warnings.warn(msg, stacklevel=2)
