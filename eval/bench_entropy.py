@@ -15,7 +15,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 
 from pcdc_jax import api  # noqa: E402
 from pcdc_jax.codec import bitstream  # noqa: E402

@@ -22,7 +22,7 @@ from pcdc_jax.codec import bitstream
 from pcdc_jax.codec.entropy_coding import Coder, integer_hyper_decoder
 from pcdc_jax.codec.model import Codec
 from pcdc_jax.data.images import pad_to_multiple, to_float, to_uint8
-from pcdc_jax.errors import BudgetError, ImageReadError, PCDCFormatError, ModelMismatchError
+from pcdc_jax.errors import BudgetError, ImageReadError, ModelMismatchError
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default"
 

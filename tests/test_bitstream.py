@@ -1,7 +1,6 @@
 import struct
 import zlib
 
-import numpy as np
 import pytest
 
 from pcdc_jax import api

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from pcdc_jax import checkpoint, config
-from pcdc_jax.codec import entropy_coding, training
+from pcdc_jax.codec import training
 from pcdc_jax.errors import ModelLoadError
 
 

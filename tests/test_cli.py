@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pcdc_jax import cli
-from tests.conftest import ROOT, SAMPLES
+from tests.conftest import ROOT
 
 
 def run(capsys, *argv):

@@ -2,9 +2,8 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
-from pcdc_jax import api, parallel
+from pcdc_jax import parallel
 from pcdc_jax.codec.model import Codec
 from pcdc_jax.codec.prior import HyperDecoder
 

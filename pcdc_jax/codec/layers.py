@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 
 def space_to_depth(x: jax.Array, r: int) -> jax.Array:
