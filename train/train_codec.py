@@ -17,7 +17,7 @@ import jax  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pcdc_jax import checkpoint, config, parallel  # noqa: E402
-from pcdc_jax.codec import training  # noqa: E402
+from pcdc_jax.codec import entropy_coding, training  # noqa: E402
 from pcdc_jax.data.datasets import FolderDataset  # noqa: E402
 
 
@@ -34,8 +34,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     run = Path(args.run)
-    mngr = checkpoint.manager(run / "checkpoints")
     cfg = config.preset(args.preset).override(args.set)
+    mngr = checkpoint.manager(run / "checkpoints", keep=cfg.train.keep_checkpoints)
     if args.resume and mngr.latest_step() is not None:
         cfg = checkpoint.restore_config(mngr).override(args.set)
     tc = cfg.train
@@ -71,9 +71,8 @@ def main(argv=None):
                 checkpoint.save(mngr, step + 1, cfg, state=state)
     mngr.wait_until_finished()
     if args.export:
-        from pcdc_jax.codec.entropy_coding import build_tables
         params = jax.device_get(state.params)
-        checkpoint.export_model(args.export, cfg, params, build_tables(cfg.codec, params),
+        checkpoint.export_model(args.export, cfg, params, entropy_coding.build_tables(cfg.codec, params),
                                 step=int(state.step))
         print(f"exported model to {args.export}", file=sys.stderr)
 
