@@ -45,3 +45,16 @@ def test_resume_continues_the_same_run(tmp_path):
     from pcdc_jax import api
     rt = api.load(tmp_path / "model")
     assert rt.cfg.name == "tiny"
+
+    # --init-from starts a new run (step 0, fresh optimizer) from the exported weights
+    subprocess.run([sys.executable, "train/train_codec.py", "--preset", "small", "--data", str(SAMPLES),
+                    "--run", str(tmp_path / "c"), "--steps", "0", "--init-from", str(tmp_path / "model"),
+                    "--set", "train.lmbda=0.002", "--export", str(tmp_path / "model2")],
+                   check=True, cwd=ROOT, capture_output=True)
+    rt2 = api.load(tmp_path / "model2")
+    assert rt2.cfg.codec == rt.cfg.codec and rt2.cfg.train.lmbda == 0.002
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(rt.params), jax.tree.leaves(rt2.params)))
+    bad = subprocess.run([sys.executable, "train/train_codec.py", "--data", str(SAMPLES), "--run",
+                          str(tmp_path / "d"), "--init-from", str(tmp_path / "model"),
+                          "--set", "codec.latent_channels=7"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "architecture" in bad.stderr

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -28,6 +29,9 @@ def main(argv=None):
     ap.add_argument("--run", required=True, help="run directory (checkpoints, metrics.jsonl)")
     ap.add_argument("--steps", type=int, help="stop after this many total steps")
     ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    ap.add_argument("--init-from", metavar="MODEL_DIR",
+                    help="start from this model's weights (fresh optimizer and schedule); its codec "
+                         "config replaces the preset's")
     ap.add_argument("--export", help="write a model directory (inference + config) at the end")
     ap.add_argument("--devices", type=int, help="number of local devices (default: all)")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE")
@@ -36,14 +40,26 @@ def main(argv=None):
     run = Path(args.run)
     cfg = config.preset(args.preset).override(args.set)
     mngr = checkpoint.manager(run / "checkpoints", keep=cfg.train.keep_checkpoints)
-    if args.resume and mngr.latest_step() is not None:
+    resuming = args.resume and mngr.latest_step() is not None
+    init = None
+    if resuming:
         cfg = checkpoint.restore_config(mngr).override(args.set)
+    elif args.init_from:
+        init = checkpoint.load_model(args.init_from)
+        cfg = dataclasses.replace(cfg, codec=init.cfg.codec).override(args.set)
+        if cfg.codec != init.cfg.codec:
+            ap.error("--init-from: codec.* overrides would change the loaded model's architecture")
     tc = cfg.train
-    total = args.steps or tc.total_steps
+    total = tc.total_steps if args.steps is None else args.steps
     mesh = parallel.make_mesh(args.devices)
     root = jax.random.PRNGKey(tc.seed)
-    state = parallel.replicate(training.init_state(cfg, jax.random.fold_in(root, 0)), mesh)
-    if args.resume and mngr.latest_step() is not None:
+    if init is not None:
+        state = training.init_state(cfg, params=init.params)
+        print(f"initialised from {args.init_from}", file=sys.stderr)
+    else:
+        state = training.init_state(cfg, jax.random.fold_in(root, 0))
+    state = parallel.replicate(state, mesh)
+    if resuming:
         state = checkpoint.restore_state(mngr, state)
         print(f"resumed from step {int(state.step)}", file=sys.stderr)
     data = FolderDataset(args.data, tc.crop_size, seed=tc.seed)

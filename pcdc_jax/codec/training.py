@@ -25,12 +25,14 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(tc.grad_clip), optax.adam(schedule))
 
 
-def init_state(cfg: Config, key: jax.Array) -> TrainState:
-    tc = cfg.train
-    x = jnp.zeros((1, 64, 64, 3), jnp.float32)
-    levels = jnp.zeros((1, 4, 4), jnp.int32)
-    params = Codec(cfg.codec).init(key, x, levels, key)["params"]
-    return TrainState(jnp.zeros((), jnp.int32), params, make_optimizer(tc).init(params))
+def init_state(cfg: Config, key: jax.Array | None = None, params=None) -> TrainState:
+    """Step 0 with fresh optimizer state; parameters from `params` if given, else initialised with `key`."""
+    if params is None:
+        x = jnp.zeros((1, 64, 64, 3), jnp.float32)
+        levels = jnp.zeros((1, 4, 4), jnp.int32)
+        params = Codec(cfg.codec).init(key, x, levels, key)["params"]
+    params = jax.tree.map(jnp.asarray, params)
+    return TrainState(jnp.zeros((), jnp.int32), params, make_optimizer(cfg.train).init(params))
 
 
 def random_levels(key, batch: int, h: int, w: int, num_levels: int) -> jax.Array:
