@@ -1,4 +1,4 @@
-"""The `pcdc` command: compress, decompress, info.
+"""The `pcdc` command: compress, decompress, info, metrics.
 
 Every failure a user can cause prints one line to stderr and exits non-zero; outputs are written
 under a temporary name and renamed, so nothing partial is ever left behind.
@@ -40,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a .pcdc file")
     i.add_argument("input")
     i.add_argument("--json", action="store_true")
+
+    m = sub.add_parser("metrics", help="quality metrics of an image against a reference")
+    m.add_argument("reference")
+    m.add_argument("image")
+    m.add_argument("--which", nargs="+", metavar="METRIC",
+                   help="some of psnr ssim ms_ssim lpips_alex lpips_vgg dists (default: all)")
+    m.add_argument("--json", action="store_true")
     return ap
 
 
@@ -131,6 +138,25 @@ def _info(args) -> int:
     return 0
 
 
+def _metrics(args) -> int:
+    from pcdc_jax import metrics
+    from pcdc_jax.data.images import read_image
+    from pcdc_jax.errors import PCDCError
+
+    ref, img = read_image(args.reference, notices=[]), read_image(args.image, notices=[])
+    if ref.shape != img.shape:
+        raise PCDCError(f"{args.image} is {img.shape[1]}x{img.shape[0]}, "
+                        f"reference {args.reference} is {ref.shape[1]}x{ref.shape[0]}")
+    values = {k: float(v[0]) for k, v in metrics.evaluate(ref, img, args.which or metrics.ALL).items()}
+    if args.json:
+        print(json.dumps(values, indent=2))
+    else:
+        for k, v in values.items():
+            arrow = "higher is better" if metrics.HIGHER_IS_BETTER[k] else "lower is better"
+            print(f"{k:<11} {v:10.4f}{' dB' if k == 'psnr' else '   '}  ({arrow})")
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -138,7 +164,8 @@ def main(argv=None) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)
     from pcdc_jax.errors import BudgetError, PCDCError
     try:
-        return {"compress": _compress, "decompress": _decompress, "info": _info}[args.command](args)
+        return {"compress": _compress, "decompress": _decompress, "info": _info,
+                "metrics": _metrics}[args.command](args)
     except BudgetError as e:
         print(f"pcdc {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BUDGET
