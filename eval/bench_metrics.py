@@ -1,7 +1,7 @@
 """Throughput of every metric (megapixels/s of image pairs), and a whole drone frame through
 `metrics.evaluate` (tiled LPIPS/DISTS) with its peak memory.
 
-  python eval/bench_metrics.py [--size 256 --batch 8 --repeats 3] [--large IMAGE]
+  python eval/bench_metrics.py [--size 256 --batch 8 --repeats 3] [--large IMAGE] [--metrics NAME ...]
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--large", help="also evaluate this (large) image against a JPEG copy of itself")
+    ap.add_argument("--metrics", nargs="+", default=list(metrics.ALL), choices=metrics.ALL)
     args = ap.parse_args(argv)
 
     s = args.size
@@ -64,6 +65,8 @@ def main(argv=None):
           f"{jax.device_count()} {jax.default_backend()} device(s))")
     print("|---|---|---|")
     for name, f in _fns().items():
+        if name not in args.metrics:
+            continue
         fwd = _time(jax.jit(f), x, y, repeats=args.repeats)
         grad = _time(jax.jit(jax.grad(lambda a, b: jnp.sum(f(a, b)))), x, y, repeats=args.repeats)
         print(f"| {name} | {mp / fwd:.2f} | {mp / grad:.2f} |", flush=True)
@@ -74,7 +77,7 @@ def main(argv=None):
         h, w = a.shape[:2]
         print(f"\n| metric | value | seconds |  ({Path(args.large).name}, {w}x{h}, vs JPEG q30 of itself)")
         print("|---|---|---|")
-        for name in metrics.ALL:
+        for name in args.metrics:
             t = time.perf_counter()
             v = metrics.evaluate(a, b, (name,))[name][0]
             print(f"| {name} | {v:.4f} | {time.perf_counter() - t:.1f} |", flush=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dm_pix
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Wang, Simoncelli & Bovik (2003): the standard five-scale exponents.
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -22,27 +23,30 @@ def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
     return -10.0 * jnp.log10(mse(x, y))
 
 
-def ssim(x: jax.Array, y: jax.Array) -> jax.Array:
-    """SSIM with an 11x11 Gaussian window (sigma 1.5), K = (0.01, 0.03), mean over valid positions
-    and channels (the settings of Wang et al. and of scikit-image's gaussian_weights=True)."""
-    return dm_pix.ssim(x, y, max_val=1.0, filter_size=SSIM_WINDOW, filter_sigma=SSIM_SIGMA,
-                       k1=SSIM_K[0], k2=SSIM_K[1])
+def _gaussian_taps() -> np.ndarray:
+    r = np.arange(SSIM_WINDOW, dtype=np.float64) - SSIM_WINDOW // 2
+    g = np.exp(-np.square(r) / (2 * SSIM_SIGMA ** 2))
+    return (g / g.sum()).astype(np.float32)
 
 
 def _gaussian_filter(x: jax.Array) -> jax.Array:
-    """Separable 11-tap Gaussian, 'valid' positions only, per channel; x is [N, H, W, C]."""
-    r = jnp.arange(SSIM_WINDOW, dtype=jnp.float32) - SSIM_WINDOW // 2
-    g = jnp.exp(-jnp.square(r) / (2 * SSIM_SIGMA ** 2))
-    g = g / jnp.sum(g)
-    c = x.shape[-1]
-    dn = ("NHWC", "HWIO", "NHWC")
-    hp = jax.lax.Precision.HIGHEST
-    kh = jnp.tile(g.reshape(-1, 1, 1, 1), (1, 1, 1, c))
-    kw = jnp.tile(g.reshape(1, -1, 1, 1), (1, 1, 1, c))
-    x = jax.lax.conv_general_dilated(x, kh, (1, 1), "VALID", dimension_numbers=dn,
-                                     feature_group_count=c, precision=hp)
-    return jax.lax.conv_general_dilated(x, kw, (1, 1), "VALID", dimension_numbers=dn,
-                                        feature_group_count=c, precision=hp)
+    """Separable 11-tap Gaussian over axes -3 and -2 (H, W of [..., H, W, C]), 'valid' positions
+    only, as a sum of shifted slices: XLA fuses it into one pass, far faster on CPU than a grouped
+    convolution."""
+    g = _gaussian_taps()
+    for axis in (-3, -2):
+        n = x.shape[axis] - SSIM_WINDOW + 1
+        x = sum(float(g[k]) * jax.lax.slice_in_dim(x, k, k + n, axis=axis % x.ndim)
+                for k in range(SSIM_WINDOW))
+    return x
+
+
+def ssim(x: jax.Array, y: jax.Array) -> jax.Array:
+    """SSIM (dm-pix) with an 11x11 Gaussian window (sigma 1.5), K = (0.01, 0.03), mean over valid
+    positions and channels (the settings of Wang et al. and of scikit-image's gaussian_weights=True)."""
+    return dm_pix.ssim(x.astype(jnp.float32), y.astype(jnp.float32), max_val=1.0,
+                       filter_size=SSIM_WINDOW, filter_sigma=SSIM_SIGMA, k1=SSIM_K[0], k2=SSIM_K[1],
+                       filter_fn=_gaussian_filter)
 
 
 def _ssim_cs(x, y):
