@@ -21,21 +21,12 @@ from PIL import Image  # noqa: E402
 
 from pcdc_jax import metrics  # noqa: E402
 from pcdc_jax.data.images import read_image  # noqa: E402
-from pcdc_jax.metrics import fidelity, perceptual, weights  # noqa: E402
 
 
 def _jpeg(a: np.ndarray, quality: int = 30) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="JPEG", quality=quality)
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-
-
-def _fns():
-    alex, vgg, d = weights.load("alex"), weights.load("vgg"), weights.load_dists()
-    return {"psnr": fidelity.psnr, "ssim": fidelity.ssim, "ms_ssim": fidelity.ms_ssim,
-            "lpips_alex": lambda x, y: perceptual.lpips(alex, x, y, "alex"),
-            "lpips_vgg": lambda x, y: perceptual.lpips(vgg, x, y, "vgg"),
-            "dists": lambda x, y: perceptual.dists(vgg, d, x, y)}
 
 
 def _time(f, *args, repeats):
@@ -64,9 +55,8 @@ def main(argv=None):
     print(f"| metric | value MP/s | value + gradient MP/s |  ({args.batch} pairs of {s}x{s}, "
           f"{jax.device_count()} {jax.default_backend()} device(s))")
     print("|---|---|---|")
-    for name, f in _fns().items():
-        if name not in args.metrics:
-            continue
+    for name in args.metrics:
+        f = metrics.function(name)
         fwd = _time(jax.jit(f), x, y, repeats=args.repeats)
         grad = _time(jax.jit(jax.grad(lambda a, b: jnp.sum(f(a, b)))), x, y, repeats=args.repeats)
         print(f"| {name} | {mp / fwd:.2f} | {mp / grad:.2f} |", flush=True)

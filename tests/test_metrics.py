@@ -57,17 +57,9 @@ def pair():
     return metrics.to_float(a), metrics.to_float(_blurred(a))
 
 
-def _metric_fns():
-    alex, vgg, d = weights.load("alex"), weights.load("vgg"), weights.load_dists()
-    return {"psnr": fidelity.psnr, "ssim": fidelity.ssim, "ms_ssim": fidelity.ms_ssim,
-            "lpips_alex": lambda x, y: perceptual.lpips(alex, x, y, "alex"),
-            "lpips_vgg": lambda x, y: perceptual.lpips(vgg, x, y, "vgg"),
-            "dists": lambda x, y: perceptual.dists(vgg, d, x, y)}
-
-
 @pytest.mark.parametrize("name", metrics.ALL)
 def test_differentiable_and_same_under_jit(pair, name):
-    f = _metric_fns()[name]
+    f = metrics.function(name)
     x, y = jnp.asarray(pair[0]), jnp.asarray(pair[1])
     eager = f(x, y)
     with jax.disable_jit():

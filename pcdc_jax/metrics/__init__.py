@@ -23,17 +23,29 @@ HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "ms_ssim": True, "lpips_alex": F
                     "lpips_vgg": False, "dists": False}
 
 
-@functools.lru_cache(maxsize=None)
-def _batch_fn(name):
-    """A jitted f(x, y) -> [N] for a float batch in [0, 1]; weights travel as arguments."""
+def _with_weights(name):
+    """(f, weights): the metric as f(*weights, x, y) -> [N] on float batches in [0, 1]."""
     if name in ("psnr", "ssim", "ms_ssim"):
-        return jax.jit(getattr(fidelity, name))
+        return getattr(fidelity, name), ()
     if name.startswith("lpips_"):
         net = name.split("_")[1]
-        f = jax.jit(functools.partial(perceptual.lpips, net=net))
-        return lambda x, y: f(weights.load(net), x, y)
-    f = jax.jit(perceptual.dists)
-    return lambda x, y: f(weights.load("vgg"), weights.load_dists(), x, y)
+        return functools.partial(perceptual.lpips, net=net), (weights.load(net),)
+    return perceptual.dists, (weights.load("vgg"), weights.load_dists())
+
+
+def function(name: str):
+    """The differentiable metric `name` as f(x, y) -> [N] with its weights bound (for losses,
+    rewards and benchmarks; jit it as needed)."""
+    f, w = _with_weights(ALIASES.get(name, name))
+    return lambda x, y: f(*w, x, y)
+
+
+@functools.lru_cache(maxsize=None)
+def _batch_fn(name):
+    """A jitted f(x, y) -> [N]; the weights travel as arguments, not as embedded constants."""
+    f, w = _with_weights(name)
+    jf = jax.jit(f)
+    return lambda x, y: jf(*w, x, y)
 
 
 def to_float(a) -> np.ndarray:
@@ -84,4 +96,4 @@ def evaluate(x, y, which=ALL, *, max_batch_pixels: int = 1 << 20, tile: int = 51
     return out
 
 
-__all__ = ["ALL", "HIGHER_IS_BETTER", "evaluate", "fidelity", "perceptual", "to_float", "weights"]
+__all__ = ["ALL", "HIGHER_IS_BETTER", "evaluate", "function", "fidelity", "perceptual", "to_float", "weights"]
