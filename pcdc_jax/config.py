@@ -78,6 +78,43 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+    """Conditional diffusion decoder: U-Net, schedule, sampling windows, loss.
+
+    The U-Net works at strides 2, 4, 8 and 16 (one width per stride, `unet_channels`); its input
+    is the noisy residual and x_base, and it takes the context decoder's feature map of the same
+    stride at every resolution. It predicts the residual r0 = (x - x_base) / residual_scale
+    (CDC's x-parameterization on top of x_base), so `steps=0` is x_base.
+    """
+
+    unet_channels: tuple[int, ...] = (32, 64, 96, 128)   # widths at strides 2, 4, 8, 16
+    unet_res_blocks: int = 1            # residual blocks per resolution on each path
+    attention_heads: int = 4            # self-attention at stride 16 (0 disables it)
+    time_dim: int = 128                 # timestep embedding width
+    schedule: str = "cosine"            # "cosine" or "linear"
+    residual_scale: float = 0.1         # r0 has roughly unit scale after dividing by this
+    default_steps: int = 4              # DDIM steps `pcdc decompress` uses without --steps
+    eta: float = 0.0                    # DDIM eta (0: deterministic given the seed)
+    window: int = 256                   # sampling window side in pixels (multiple of 16)
+    overlap: int = 64                   # overlap of neighbouring windows in pixels (multiple of 16)
+    window_batch: int = 8               # windows per sampling call (rounded up to the device count)
+    # Loss weight of the x0 prediction at time t: clip(SNR(t), snr_min, snr_max) (truncated
+    # SNR weighting; the floor keeps the one-step prediction at t=1 trained).
+    snr_min: float = 1.0
+    snr_max: float = 5.0
+    lpips_weight: float = 0.0           # optional LPIPS (AlexNet) on the x0 prediction
+
+    def __post_init__(self):
+        if self.window % 16 or self.overlap % 16 or not 0 <= self.overlap < self.window:
+            raise ValueError(f"window {self.window} and overlap {self.overlap} must be multiples "
+                             "of 16 with 0 <= overlap < window")
+        if len(self.unet_channels) != 4:
+            raise ValueError("unet_channels needs one width for each of strides 2, 4, 8, 16")
+        if self.schedule not in ("cosine", "linear"):
+            raise ValueError(f"unknown schedule {self.schedule!r} (cosine or linear)")
+
+
+@dataclasses.dataclass(frozen=True)
 class ContainerConfig:
     """Limits the .pcdc parser checks before allocating anything."""
 
@@ -90,6 +127,7 @@ class Config:
     name: str = "base"
     codec: CodecConfig = CodecConfig()
     train: TrainConfig = TrainConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
     container: ContainerConfig = ContainerConfig()
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +191,8 @@ def tiny() -> Config:
                           hyper_hidden=16, decoder_channels=(24, 16, 12, 8), decoder_res_blocks=0),
         train=TrainConfig(batch_size=2, crop_size=64, total_steps=20, lr_warmup_steps=2,
                           rate_warmup_steps=5, checkpoint_every=5, log_every=1),
+        diffusion=DiffusionConfig(unet_channels=(8, 16, 16, 16), attention_heads=1, time_dim=16,
+                                  window=128, overlap=32, window_batch=8),
         container=ContainerConfig(tile_latent=4),
     )
 
@@ -176,6 +216,8 @@ def base() -> Config:
                           hyper_hidden=192, decoder_channels=(256, 192, 128, 64),
                           decoder_res_blocks=2),
         train=TrainConfig(batch_size=16, crop_size=256, total_steps=200000),
+        diffusion=DiffusionConfig(unet_channels=(64, 128, 192, 256), unet_res_blocks=2,
+                                  time_dim=256, window=512, overlap=128, window_batch=16),
     )
 
 

@@ -37,9 +37,9 @@ class Codec(nn.Module):
     def z_likelihood(self, z_tilde):
         return self.z_prior(z_tilde)
 
-    def synthesis(self, y_hat, levels):
-        """-> (x_base [B, H, W, 3], multi-scale features)."""
-        return self.decoder(y_hat, levels)
+    def synthesis(self, y_hat, levels, crop=None):
+        """-> (x_base [B, H, W, 3], multi-scale features); `crop`: see ContextDecoder."""
+        return self.decoder(y_hat, levels, crop)
 
     def __call__(self, x, levels, key):
         """Training forward with noisy rate proxies.
