@@ -1,7 +1,9 @@
 """compress(image, model) -> bytes ; decompress(bytes, model) -> image.
 
 The encoder runs the analysis transform on the device, derives every coding parameter with the
-integer hyper decoder on the host, and codes each tile of the latent independently.
+integer hyper decoder on the host, and codes each tile of the latent independently. The decoder
+entropy-decodes the tiles on host threads and reconstructs through windows of the canvas
+(`diffusion.decode`): the context decoder's x_base, then optionally DDIM with the U-Net.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from pcdc_jax.codec import bitstream
 from pcdc_jax.codec.entropy_coding import Coder, integer_hyper_decoder
 from pcdc_jax.codec.model import Codec
 from pcdc_jax.data.images import pad_to_multiple, to_float, to_uint8
+from pcdc_jax.diffusion.decode import WindowDecoder
 from pcdc_jax.errors import BudgetError, ImageReadError, ModelMismatchError
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default"
@@ -68,14 +71,28 @@ class Runtime:
         self.level_steps = np.asarray(cc.level_steps(), np.float32)
         self.exponents = np.asarray(cc.level_exponents, np.int32)
         self._analysis = jax.jit(functools.partial(Codec(cc).apply, method=Codec.analysis))
-        self._synthesis = jax.jit(lambda p, y, lv: Codec(cc).apply(
-            p, y, lv, method=Codec.synthesis)[0])
+        self._decoders: dict[int | None, WindowDecoder] = {}
         self._rates = rate_table_fn(cc)
         self.pool = concurrent.futures.ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1))
 
     @property
     def num_levels(self) -> int:
         return self.cfg.codec.num_levels
+
+    @property
+    def has_diffusion(self) -> bool:
+        return self.model.unet is not None
+
+    @property
+    def default_steps(self) -> int:
+        """DDIM steps used when none are asked for: the model's default, 0 without a U-Net."""
+        return self.cfg.diffusion.default_steps if self.has_diffusion else 0
+
+    def decoder(self, devices: int | None = None) -> WindowDecoder:
+        """The window decoder over the first `devices` local devices (all by default)."""
+        if devices not in self._decoders:
+            self._decoders[devices] = WindowDecoder(self.cfg, self.model.params, self.model.unet, devices)
+        return self._decoders[devices]
 
     # ------------------------------------------------------------------ encoder side
     def analyze(self, image: np.ndarray) -> Analysis:
@@ -158,11 +175,13 @@ class Runtime:
         list(self.pool.map(work, range(len(tiles))))
         return symbols, mu
 
-    def synthesize(self, y_hat: np.ndarray, levels: np.ndarray, height: int, width: int) -> np.ndarray:
-        """Context decoder: y_hat [h, w, M] -> uint8 image [height, width, 3] (x_base)."""
-        x = self._synthesis({"params": self.params}, jnp.asarray(y_hat)[None],
-                            jnp.asarray(levels.astype(np.int32))[None])
-        return to_uint8(np.asarray(x[0, :height, :width]))
+    def synthesize(self, y_hat: np.ndarray, levels: np.ndarray, height: int, width: int, *,
+                   steps: int = 0, seed: int = 0, eta: float | None = None, batch: int | None = None,
+                   devices: int | None = None) -> np.ndarray:
+        """y_hat [h, w, M] -> uint8 image [height, width, 3]: x_base (steps=0, the context
+        decoder) or DDIM with the diffusion U-Net, through windows sharded over the devices."""
+        x = self.decoder(devices).decode(y_hat, levels, steps=steps, seed=seed, eta=eta, batch=batch)
+        return to_uint8(x[:height, :width])
 
 
 @functools.lru_cache(maxsize=4)
@@ -232,15 +251,29 @@ def compress(image: np.ndarray, runtime: Runtime, *, level: int | None = None,
         smallest, 3 * an.height * an.width / smallest)
 
 
-def decompress(data: bytes, runtime: Runtime) -> np.ndarray:
-    """.pcdc bytes -> uint8 [H, W, 3] (the context decoder's x_base)."""
+def decompress(data: bytes, runtime: Runtime, *, steps: int | None = None, seed: int = 0,
+               eta: float | None = None, batch: int | None = None,
+               devices: int | None = None) -> np.ndarray:
+    """.pcdc bytes -> uint8 [H, W, 3].
+
+    steps: DDIM steps of the diffusion decoder (default: the model's; 0 gives the context
+    decoder's x_base). seed: noise seed (same seed, same image on any device count and batch).
+    batch: windows per sampling call; devices: how many local devices to shard them over.
+    """
+    steps = runtime.default_steps if steps is None else steps
+    if not 0 <= seed < 2 ** 31:
+        raise ValueError(f"seed must be in [0, 2**31), got {seed}")
     c = runtime.parse(data)
     symbols, mu = runtime.decode_latent(c)
-    return runtime.synthesize(runtime.dequantize(symbols, mu, c.levels), c.levels, c.height, c.width)
+    return runtime.synthesize(runtime.dequantize(symbols, mu, c.levels), c.levels, c.height, c.width,
+                              steps=steps, seed=seed, eta=eta, batch=batch, devices=devices)
 
 
-def reconstruct(an: Analysis, levels: np.ndarray, runtime: Runtime) -> np.ndarray:
-    """What the model computes without entropy coding: x_base from the analysis at a level map."""
+def reconstruct(an: Analysis, levels: np.ndarray, runtime: Runtime, **decode) -> np.ndarray:
+    """What the model decodes without entropy coding, from the analysis at a level map.
+
+    `decode`: steps, seed, eta, batch, devices as in `decompress` (default steps=0: x_base).
+    """
     levels = np.asarray(levels, np.uint8)
     y_hat = runtime.dequantize(runtime.selected_symbols(an, levels), an.mu, levels)
-    return runtime.synthesize(y_hat, levels, an.height, an.width)
+    return runtime.synthesize(y_hat, levels, an.height, an.width, **decode)

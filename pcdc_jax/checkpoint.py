@@ -2,7 +2,8 @@
 
 A checkpoint directory is an Orbax CheckpointManager directory whose steps hold up to three items:
   state      full training state (resume only)
-  inference  {"params": ..., "tables": ...}: weights and integer coding tables (CLI, eval)
+  inference  {"params": ..., "tables": ..., ["unet": ...]}: codec weights, integer coding tables
+             and, once trained, the diffusion U-Net's weights (CLI, eval)
   config     the Config as JSON
 A shipped model directory is the same layout with one step and no `state` item, so anything that
 loads a model accepts a training run's checkpoint directory too.
@@ -10,6 +11,7 @@ loads a model accepts a training run's checkpoint directory too.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -51,17 +53,22 @@ def restore_state(mngr: ocp.CheckpointManager, abstract_state, step: int | None 
 
 
 class Model(NamedTuple):
-    """What the CLI and eval need: config, float params, integer coding tables, fingerprint."""
+    """What the CLI and eval need: config, float params, integer coding tables, fingerprint.
+
+    The fingerprint covers the config's codec section, the codec weights and the tables (what the
+    bitstream depends on), not the U-Net: a retrained diffusion decoder still reads older files.
+    """
 
     cfg: Config
     params: Any
     tables: dict[str, np.ndarray]
     fingerprint: bytes  # 16 bytes, stored in every .pcdc file
+    unet: Any = None    # diffusion U-Net weights, or None (then only steps=0 decoding)
 
 
 def fingerprint(cfg: Config, params, tables) -> bytes:
-    """sha256 over the config and every array (canonical order), truncated to 16 bytes."""
-    h = hashlib.sha256(cfg.to_json().encode())
+    """sha256 over the codec config and every array (canonical order), truncated to 16 bytes."""
+    h = hashlib.sha256(json.dumps(cfg.to_dict()["codec"], sort_keys=True).encode())
     for path, leaf in sorted(jax.tree_util.tree_flatten_with_path({"p": params, "t": tables})[0],
                              key=lambda kv: jax.tree_util.keystr(kv[0])):
         a = np.ascontiguousarray(np.asarray(leaf))
@@ -87,18 +94,21 @@ def load_model(directory: str | os.PathLike, step: int | None = None) -> Model:
         raise ModelLoadError(f"{directory} step {step}: no inference item ({e})") from None
     inf = jax.tree_util.tree_map(np.asarray, inf["inference"])
     params, tables = inf["params"], inf["tables"]
-    return Model(cfg, params, tables, fingerprint(cfg, params, tables))
+    return Model(cfg, params, tables, fingerprint(cfg, params, tables), inf.get("unet"))
 
 
-def export_model(directory: str | os.PathLike, cfg: Config, params, tables, step: int = 0) -> None:
+def export_model(directory: str | os.PathLike, cfg: Config, params, tables, step: int = 0,
+                 unet=None) -> None:
     """Writes a model directory (inference + config only) atomically: temp dir, then rename."""
     directory = Path(directory).absolute()
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         mngr = manager(tmp, keep=1, async_save=False)
-        params = jax.tree_util.tree_map(np.asarray, params)
-        save(mngr, step, cfg, inference={"params": params, "tables": tables}, force=True)
+        inference = {"params": params, "tables": tables}
+        if unet is not None:
+            inference["unet"] = unet
+        save(mngr, step, cfg, inference=jax.tree_util.tree_map(np.asarray, inference), force=True)
         mngr.wait_until_finished()
         mngr.close()
         if directory.exists():

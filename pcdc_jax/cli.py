@@ -34,11 +34,19 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("input")
     d.add_argument("-o", "--output", required=True)
     d.add_argument("--model")
+    d.add_argument("--steps", type=int, help="DDIM steps of the diffusion decoder (default: the "
+                   "model's, see `pcdc info`); 0 gives the context decoder's base image")
+    d.add_argument("--seed", type=int, default=0, help="noise seed (default 0); the image does not "
+                   "depend on --devices or --batch")
+    d.add_argument("--eta", type=float, help="DDIM eta (default: the model's, 0 = deterministic)")
+    d.add_argument("--devices", type=int, help="local devices to shard windows over (default: all)")
+    d.add_argument("--batch", type=int, help="windows per sampling call (rounded up to the devices)")
     d.add_argument("--reference", help="original image: also print PSNR against it")
     d.add_argument("--quiet", action="store_true")
 
-    i = sub.add_parser("info", help="describe a .pcdc file")
+    i = sub.add_parser("info", help="describe a .pcdc file (and the model that decodes it)")
     i.add_argument("input")
+    i.add_argument("--model", help="model directory (default: $PCDC_MODEL or the shipped model)")
     i.add_argument("--json", action="store_true")
 
     m = sub.add_parser("metrics", help="quality metrics of an image against a reference")
@@ -99,32 +107,45 @@ def _decompress(args) -> int:
         raise PCDCError(f"{args.output}: unsupported output format {suffix!r} (use .png or .tif)")
     data = _read_bytes(args.input)
     rt = api.load(args.model)
+    steps = rt.default_steps if args.steps is None else args.steps
     t0 = time.time()
-    image = api.decompress(data, rt)
+    image = api.decompress(data, rt, steps=steps, seed=args.seed, eta=args.eta, batch=args.batch,
+                           devices=args.devices)
     dt = time.time() - t0
     write_image(args.output, image)
     h, w = image.shape[:2]
     msg = (f"{args.input} -> {args.output} ({w}x{h}): {8 * len(data) / (h * w):.4f} bpp, "
-           f"ratio {3 * h * w / len(data):.1f}:1, {dt:.2f} s")
+           f"ratio {3 * h * w / len(data):.1f}:1, {steps} steps, {dt:.2f} s")
     if args.reference:
-        import numpy as np
+        from pcdc_jax.metrics import evaluate
         ref = read_image(args.reference, notices=[])
         if ref.shape != image.shape:
             from pcdc_jax.errors import PCDCError
             raise PCDCError(f"reference {args.reference} is {ref.shape[1]}x{ref.shape[0]}, "
                             f"decoded image is {w}x{h}")
-        mse = np.mean((ref.astype(np.float64) - image) ** 2)
-        msg += f", PSNR {10 * np.log10(255 ** 2 / max(mse, 1e-10)):.2f} dB"
+        msg += f", PSNR {float(evaluate(ref, image, 'psnr')['psnr'][0]):.2f} dB"
     if not args.quiet:
         print(msg)
     return 0
 
 
 def _info(args) -> int:
+    from pcdc_jax import api, checkpoint
     from pcdc_jax.codec import bitstream
     from pcdc_jax.config import ContainerConfig
+    from pcdc_jax.errors import ModelLoadError
 
     info = bitstream.read_header(_read_bytes(args.input), ContainerConfig().max_pixels)
+    try:
+        model = checkpoint.load_model(args.model or api.default_model_dir())
+        d = model.cfg.diffusion
+        info["model"] = {"directory": str(args.model or api.default_model_dir()),
+                         "matches_file": model.fingerprint.hex() == info["model_fingerprint"],
+                         "diffusion": model.unet is not None,
+                         "default_steps": d.default_steps if model.unet is not None else 0,
+                         "eta": d.eta, "window": d.window, "overlap": d.overlap}
+    except ModelLoadError as e:
+        info["model"] = {"error": str(e)}
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -135,6 +156,15 @@ def _info(args) -> int:
               f"{info['level_histogram']} (0 coarsest)")
         print(f"  model {info['model_fingerprint']}; hyper {info['hyper_bytes']} B, "
               f"tiles {info['tile_bytes']} B; metadata keys {sorted(info['metadata'])}")
+        m = info["model"]
+        if "error" in m:
+            print(f"  decoder model: not loaded ({m['error']})")
+        else:
+            print(f"  decoder model {m['directory']}: "
+                  f"{'matches this file' if m['matches_file'] else 'does NOT match this file'}; "
+                  + (f"diffusion decoder, {m['default_steps']} DDIM steps by default (eta "
+                     f"{m['eta']}, windows {m['window']} px overlapping {m['overlap']})"
+                     if m["diffusion"] else "no diffusion decoder (base image only)"))
     return 0
 
 

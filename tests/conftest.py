@@ -39,6 +39,27 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_diffusion_model_dir(tmp_path_factory, tiny_model_dir):
+    """The tiny model plus an untrained but non-degenerate U-Net: fresh parameters with every leaf
+    perturbed (the zero-initialised output layers included), so each step changes the image."""
+    from pcdc_jax import checkpoint
+    from pcdc_jax.diffusion import unet
+
+    m = checkpoint.load_model(tiny_model_dir)
+    params = perturbed(unet.init_params(m.cfg.diffusion, unet.feature_channels(m.cfg.codec),
+                                        jax.random.PRNGKey(1)))
+    d = tmp_path_factory.mktemp("models") / "tiny_diffusion"
+    checkpoint.export_model(d, m.cfg, m.params, m.tables, unet=jax.device_get(params))
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusion(tiny_diffusion_model_dir):
+    from pcdc_jax import api
+    return api.load(tiny_diffusion_model_dir)
+
+
+@pytest.fixture(scope="session")
 def tiny(tiny_model_dir):
     from pcdc_jax import api
     return api.load(tiny_model_dir)
@@ -50,6 +71,14 @@ def default_runtime():
         pytest.skip("no shipped default model")
     from pcdc_jax import api
     return api.load(DEFAULT_MODEL)
+
+
+@jax.jit
+def perturbed(params, scale=0.05):
+    """Every leaf plus scale * standard normal noise (one compiled call for the whole tree)."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+    return tree.unflatten([a + scale * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
 
 
 def sample_image(name: str = "coffee.png") -> np.ndarray:

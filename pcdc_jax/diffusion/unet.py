@@ -101,7 +101,8 @@ def init_params(cfg: DiffusionConfig, feature_channels: dict[int, int], key: jax
     """Parameters of a fresh U-Net for context features with the given channel counts."""
     x = jnp.zeros((1, size, size, 3), jnp.float32)
     feats = {s: jnp.zeros((1, size // s, size // s, c), jnp.float32) for s, c in feature_channels.items()}
-    return UNet(cfg).init(key, x, jnp.zeros((1,), jnp.float32), x, feats)["params"]
+    # jitted: one compilation instead of one per initializer op
+    return jax.jit(UNet(cfg).init)(key, x, jnp.zeros((1,), jnp.float32), x, feats)["params"]
 
 
 def feature_channels(codec_cfg) -> dict[int, int]:

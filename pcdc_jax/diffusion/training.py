@@ -1,0 +1,100 @@
+"""Diffusion-decoder training: x0 (residual) target, truncated-SNR weighting, optional LPIPS.
+
+The conditioning is what the decoder sees at decode time: the codec's rounded latent at random
+per-block levels, through the context decoder. Here the codec is frozen (its parameters are an
+argument, gradients flow to the U-Net only); the joint training of the training issue reuses
+`loss_fn` with the codec's outputs.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from pcdc_jax.codec import quantize as q
+from pcdc_jax.codec.model import Codec
+from pcdc_jax.codec.training import make_optimizer, random_levels
+from pcdc_jax.config import Config
+from pcdc_jax.diffusion import schedule
+from pcdc_jax.diffusion.unet import UNet, feature_channels, init_params
+from pcdc_jax.metrics import perceptual
+
+
+class DiffusionState(NamedTuple):
+    step: jax.Array
+    params: Any          # U-Net parameters
+    opt_state: Any
+
+
+def init_state(cfg: Config, key: jax.Array | None = None, params=None) -> DiffusionState:
+    """Step 0 with a fresh optimizer; U-Net parameters from `params` or initialised with `key`."""
+    if params is None:
+        params = init_params(cfg.diffusion, feature_channels(cfg.codec), key)
+    params = jax.tree.map(jnp.asarray, params)
+    return DiffusionState(jnp.zeros((), jnp.int32), params, make_optimizer(cfg.train).init(params))
+
+
+def condition(codec_params, x: jax.Array, levels: jax.Array, cfg: Config):
+    """Decode-time conditioning of x [B, H, W, 3] at a level map [B, H/16, W/16]: rounded z and
+    symbols, mu from the hyper decoder -> (x_base [B, H, W, 3], {stride: features})."""
+    cc = cfg.codec
+    codec = Codec(cc)
+    p = {"params": codec_params}
+    y, z = codec.apply(p, x, method=Codec.analysis)
+    mu, _ = codec.apply(p, jnp.round(z), method=Codec.hyper)
+    y_hat = q.dequantize(q.quantize(y, mu, levels, cc), mu, levels, cc)
+    return codec.apply(p, y_hat, levels, method=Codec.synthesis)
+
+
+def loss_fn(unet_params, x, x_base, features, key, cfg: Config, lpips_params=None):
+    """Returns (loss, metrics) for clean images x [B, H, W, 3] in [0, 1].
+
+    r0 = (x - x_base) / residual_scale; r_t = sqrt(ab) r0 + sqrt(1 - ab) eps with t ~ U(0, 1);
+    loss = mean_b clip(SNR(t_b), snr_min, snr_max) * mean((r0_hat - r0)^2)
+           + lpips_weight * LPIPS_alex(x_base + residual_scale * r0_hat, x).
+    """
+    d = cfg.diffusion
+    kt, ke = jax.random.split(key)
+    b = x.shape[0]
+    t = jax.random.uniform(kt, (b,))
+    ab = schedule.alpha_bar(t, d.schedule)[:, None, None, None]
+    r0 = (x - x_base) / d.residual_scale
+    r_t = jnp.sqrt(ab) * r0 + jnp.sqrt(1.0 - ab) * jax.random.normal(ke, r0.shape)
+    r0_hat = UNet(d).apply({"params": unet_params}, r_t, t, x_base, features)
+    per_image = jnp.mean(jnp.square(r0_hat - r0), axis=(1, 2, 3))
+    weight = jnp.clip(schedule.snr(t, d.schedule), d.snr_min, d.snr_max)
+    loss = jnp.mean(weight * per_image)
+    x0_hat = x_base + d.residual_scale * r0_hat
+    metrics = {"mse_x0": jnp.mean(per_image) * d.residual_scale ** 2,
+               "psnr_x0": jnp.mean(-10 * jnp.log10(jnp.maximum(
+                   jnp.mean(jnp.square(x0_hat - x), axis=(1, 2, 3)), 1e-10))),
+               "psnr_base": jnp.mean(-10 * jnp.log10(jnp.maximum(
+                   jnp.mean(jnp.square(x_base - x), axis=(1, 2, 3)), 1e-10)))}
+    if d.lpips_weight > 0:
+        lp = jnp.mean(perceptual.lpips(lpips_params, x0_hat, x, "alex"))
+        loss = loss + d.lpips_weight * lp
+        metrics["lpips_x0"] = lp
+    metrics["loss"] = loss
+    return loss, metrics
+
+
+def train_step(state: DiffusionState, x: jax.Array, key: jax.Array, codec_params, lpips_params=None,
+               *, cfg: Config):
+    """One optimizer step of the U-Net on a batch x [B, H, W, 3] in [0, 1] (codec frozen)."""
+    kl, kn = jax.random.split(key)
+    b, h, w, _ = x.shape
+    levels = random_levels(kl, b, h // 16, w // 16, cfg.codec.num_levels)
+    x_base, features = jax.lax.stop_gradient(condition(codec_params, x, levels, cfg))
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, x, x_base, features, kn, cfg,
+                                                     lpips_params)
+    updates, opt_state = make_optimizer(cfg.train).update(grads, state.opt_state, state.params)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    return DiffusionState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
+
+
+def jit_train_step(cfg: Config):
+    """jit(train_step) with the state donated: fn(state, x, key, codec_params, lpips_params=None)."""
+    return jax.jit(functools.partial(train_step, cfg=cfg), donate_argnums=(0,))

@@ -1,0 +1,90 @@
+"""Train the diffusion decoder (U-Net) on top of a frozen codec; resumable; exports a model.
+
+  python train/train_diffusion.py --model pcdc_jax/models/default --data ../shared/data/train \
+      --run runs/unet_small [--steps N] [--resume] [--export DIR] [--set diffusion.lpips_weight=0.1 ...]
+
+The codec (weights, tables, codec config) comes from --model and is not changed; the exported
+model directory is that codec plus the trained U-Net and the run's diffusion config.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from pcdc_jax import checkpoint, parallel  # noqa: E402
+from pcdc_jax.data.datasets import FolderDataset  # noqa: E402
+from pcdc_jax.diffusion import training  # noqa: E402
+from pcdc_jax.metrics import weights  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="model directory with the (frozen) codec")
+    ap.add_argument("--data", nargs="+", required=True, help="image folders (recursive)")
+    ap.add_argument("--run", required=True, help="run directory (checkpoints, metrics.jsonl)")
+    ap.add_argument("--steps", type=int, help="stop after this many total steps")
+    ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    ap.add_argument("--export", help="write a model directory (codec + U-Net) at the end")
+    ap.add_argument("--devices", type=int, help="number of local devices (default: all)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="diffusion.* and train.* overrides (codec.* would not match the model)")
+    args = ap.parse_args(argv)
+
+    model = checkpoint.load_model(args.model)
+    run = Path(args.run)
+    mngr = checkpoint.manager(run / "checkpoints")
+    resuming = args.resume and mngr.latest_step() is not None
+    cfg = (checkpoint.restore_config(mngr) if resuming else model.cfg).override(args.set)
+    if cfg.codec != model.cfg.codec:
+        ap.error("the run's codec config differs from --model's")
+    mngr = checkpoint.manager(run / "checkpoints", keep=cfg.train.keep_checkpoints)
+    tc = cfg.train
+    total = tc.total_steps if args.steps is None else args.steps
+    mesh = parallel.make_mesh(args.devices)
+    root = jax.random.PRNGKey(tc.seed)
+    state = parallel.replicate(training.init_state(cfg, jax.random.fold_in(root, 0)), mesh)
+    if resuming:
+        state = checkpoint.restore_state(mngr, state)
+        print(f"resumed from step {int(state.step)}", file=sys.stderr)
+    codec_params = parallel.replicate(model.params, mesh)
+    lpips_params = parallel.replicate(weights.load("alex"), mesh) if cfg.diffusion.lpips_weight > 0 else None
+    data = FolderDataset(args.data, tc.crop_size, seed=tc.seed)
+    step_fn = training.jit_train_step(cfg)
+    loop_key = jax.random.fold_in(root, 1)
+    run.mkdir(parents=True, exist_ok=True)
+    start = int(state.step)
+    with open(run / "metrics.jsonl", "a") as log, tqdm(initial=start, total=total, unit="step") as bar:
+        t0 = time.time()
+        for step in range(start, total):
+            x = parallel.shard_batch(data.batch(step, tc.batch_size), mesh)
+            state, metrics = step_fn(state, x, jax.random.fold_in(loop_key, step), codec_params,
+                                     lpips_params)
+            if (step + 1) % tc.log_every == 0:
+                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                dt = (time.time() - t0) / tc.log_every
+                t0 = time.time()
+                m.update(step=step + 1, steps_per_s=1 / dt, images_per_s=tc.batch_size / dt, time=time.time())
+                log.write(json.dumps(m) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{m['loss']:.4f}", psnr_x0=f"{m['psnr_x0']:.2f}",
+                                img_s=f"{m['images_per_s']:.1f}")
+            bar.update(1)
+            if (step + 1) % tc.checkpoint_every == 0 or step + 1 == total:
+                checkpoint.save(mngr, step + 1, cfg, state=state)
+    mngr.wait_until_finished()
+    if args.export:
+        checkpoint.export_model(args.export, cfg, model.params,
+                                model.tables, step=int(state.step), unet=jax.device_get(state.params))
+        print(f"exported model to {args.export}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
