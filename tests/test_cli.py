@@ -40,6 +40,34 @@ def test_compress_decompress_info(capsys, tmp_path, tiny_model_dir, small_png):
     assert code == 0 and "70x50" in out
 
 
+def test_diffusion_decoding_flags_and_info(capsys, tmp_path, tiny_diffusion_model_dir, small_png):
+    from pcdc_jax import api
+    f = tmp_path / "a.pcdc"
+    assert run(capsys, "compress", small_png, "-o", f, "--level", "2", "--model", tiny_diffusion_model_dir)[0] == 0
+    outs = {}
+    for name, flags in {"a": ["--steps", "2", "--seed", "3", "--devices", "1", "--batch", "1"],
+                        "b": ["--steps", "2", "--seed", "3", "--devices", "4", "--batch", "3"],
+                        "c": ["--steps", "0"]}.items():
+        png = tmp_path / f"{name}.png"
+        code, out, err = run(capsys, "decompress", f, "-o", png, "--model", tiny_diffusion_model_dir, *flags)
+        assert code == 0 and f"{flags[1]} steps" in out, err
+        outs[name] = np.asarray(Image.open(png))
+    np.testing.assert_array_equal(outs["a"], outs["b"])
+    assert not np.array_equal(outs["a"], outs["c"])
+    rt = api.load(tiny_diffusion_model_dir)
+    np.testing.assert_array_equal(outs["c"], api.decompress(f.read_bytes(), rt, steps=0))
+    code, out, _ = run(capsys, "info", f, "--model", tiny_diffusion_model_dir)
+    steps = rt.cfg.diffusion.default_steps
+    assert code == 0 and "matches this file" in out and f"{steps} DDIM steps by default" in out
+    code, out, _ = run(capsys, "info", f, "--json", "--model", tiny_diffusion_model_dir)
+    m = json.loads(out)["model"]
+    assert m["matches_file"] and m["diffusion"] and m["default_steps"] == steps
+    for bad in (["--steps", "-1"], ["--seed", "-5"], ["--batch", "0"], ["--devices", "9"]):
+        code, out, err = run(capsys, "decompress", f, "-o", tmp_path / "bad.png",
+                             "--model", tiny_diffusion_model_dir, *bad)
+        assert code == 1 and err.count("\n") == 1 and not (tmp_path / "bad.png").exists(), bad
+
+
 def test_gray_and_rgba_inputs_convert_with_notice(capsys, tmp_path, tiny_model_dir, coffee):
     for mode in ("L", "RGBA"):
         p = tmp_path / f"in_{mode}.png"

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
-from pcdc_jax import checkpoint, config, parallel  # noqa: E402
+from pcdc_jax import checkpoint, config, parallel, trainer  # noqa: E402
 from pcdc_jax.codec import entropy_coding, training  # noqa: E402
 from pcdc_jax.data.datasets import FolderDataset  # noqa: E402
 
@@ -52,7 +49,7 @@ def main(argv=None):
     tc = cfg.train
     total = tc.total_steps if args.steps is None else args.steps
     mesh = parallel.make_mesh(args.devices)
-    root = jax.random.PRNGKey(tc.seed)
+    root = trainer.root_key(cfg)
     if init is not None:
         state = training.init_state(cfg, params=init.params)
         print(f"initialised from {args.init_from}", file=sys.stderr)
@@ -63,29 +60,8 @@ def main(argv=None):
         state = checkpoint.restore_state(mngr, state)
         print(f"resumed from step {int(state.step)}", file=sys.stderr)
     data = FolderDataset(args.data, tc.crop_size, seed=tc.seed)
-    step_fn = training.jit_train_step(cfg)
-    loop_key = jax.random.fold_in(root, 1)
-    run.mkdir(parents=True, exist_ok=True)
-    start = int(state.step)
-    with open(run / "metrics.jsonl", "a") as log, tqdm(initial=start, total=total, unit="step") as bar:
-        t0 = time.time()
-        for step in range(start, total):
-            x = parallel.shard_batch(data.batch(step, tc.batch_size), mesh)
-            state, metrics = step_fn(state, x, jax.random.fold_in(loop_key, step))
-            if (step + 1) % tc.log_every == 0:
-                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                dt = (time.time() - t0) / tc.log_every
-                t0 = time.time()
-                m.update(step=step + 1, steps_per_s=1 / dt, images_per_s=tc.batch_size / dt,
-                         time=time.time())
-                log.write(json.dumps(m) + "\n")
-                log.flush()
-                bar.set_postfix(bpp=f"{m['bpp']:.3f}", psnr=f"{m['psnr']:.2f}",
-                                img_s=f"{m['images_per_s']:.1f}")
-            bar.update(1)
-            if (step + 1) % tc.checkpoint_every == 0 or step + 1 == total:
-                checkpoint.save(mngr, step + 1, cfg, state=state)
-    mngr.wait_until_finished()
+    state = trainer.fit(training.jit_train_step(cfg), state, data, cfg=cfg, mesh=mesh, mngr=mngr,
+                        run_dir=run, total=total, show=("bpp", "psnr"))
     if args.export:
         params = jax.device_get(state.params)
         checkpoint.export_model(args.export, cfg, params, entropy_coding.build_tables(cfg.codec, params),

@@ -9,17 +9,14 @@ model directory is that codec plus the trained U-Net and the run's diffusion con
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
-from pcdc_jax import checkpoint, parallel  # noqa: E402
+from pcdc_jax import checkpoint, parallel, trainer  # noqa: E402
 from pcdc_jax.data.datasets import FolderDataset  # noqa: E402
 from pcdc_jax.diffusion import training  # noqa: E402
 from pcdc_jax.metrics import weights  # noqa: E402
@@ -40,16 +37,17 @@ def main(argv=None):
 
     model = checkpoint.load_model(args.model)
     run = Path(args.run)
-    mngr = checkpoint.manager(run / "checkpoints")
+    cfg = model.cfg.override(args.set)
+    mngr = checkpoint.manager(run / "checkpoints", keep=cfg.train.keep_checkpoints)
     resuming = args.resume and mngr.latest_step() is not None
-    cfg = (checkpoint.restore_config(mngr) if resuming else model.cfg).override(args.set)
+    if resuming:
+        cfg = checkpoint.restore_config(mngr).override(args.set)
     if cfg.codec != model.cfg.codec:
         ap.error("the run's codec config differs from --model's")
-    mngr = checkpoint.manager(run / "checkpoints", keep=cfg.train.keep_checkpoints)
     tc = cfg.train
     total = tc.total_steps if args.steps is None else args.steps
     mesh = parallel.make_mesh(args.devices)
-    root = jax.random.PRNGKey(tc.seed)
+    root = trainer.root_key(cfg)
     state = parallel.replicate(training.init_state(cfg, jax.random.fold_in(root, 0)), mesh)
     if resuming:
         state = checkpoint.restore_state(mngr, state)
@@ -57,32 +55,12 @@ def main(argv=None):
     codec_params = parallel.replicate(model.params, mesh)
     lpips_params = parallel.replicate(weights.load("alex"), mesh) if cfg.diffusion.lpips_weight > 0 else None
     data = FolderDataset(args.data, tc.crop_size, seed=tc.seed)
-    step_fn = training.jit_train_step(cfg)
-    loop_key = jax.random.fold_in(root, 1)
-    run.mkdir(parents=True, exist_ok=True)
-    start = int(state.step)
-    with open(run / "metrics.jsonl", "a") as log, tqdm(initial=start, total=total, unit="step") as bar:
-        t0 = time.time()
-        for step in range(start, total):
-            x = parallel.shard_batch(data.batch(step, tc.batch_size), mesh)
-            state, metrics = step_fn(state, x, jax.random.fold_in(loop_key, step), codec_params,
-                                     lpips_params)
-            if (step + 1) % tc.log_every == 0:
-                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                dt = (time.time() - t0) / tc.log_every
-                t0 = time.time()
-                m.update(step=step + 1, steps_per_s=1 / dt, images_per_s=tc.batch_size / dt, time=time.time())
-                log.write(json.dumps(m) + "\n")
-                log.flush()
-                bar.set_postfix(loss=f"{m['loss']:.4f}", psnr_x0=f"{m['psnr_x0']:.2f}",
-                                img_s=f"{m['images_per_s']:.1f}")
-            bar.update(1)
-            if (step + 1) % tc.checkpoint_every == 0 or step + 1 == total:
-                checkpoint.save(mngr, step + 1, cfg, state=state)
-    mngr.wait_until_finished()
+    state = trainer.fit(training.jit_train_step(cfg), state, data, cfg=cfg, mesh=mesh, mngr=mngr,
+                        run_dir=run, total=total, extra_args=(codec_params, lpips_params),
+                        show=("loss", "psnr_x0"))
     if args.export:
-        checkpoint.export_model(args.export, cfg, model.params,
-                                model.tables, step=int(state.step), unet=jax.device_get(state.params))
+        checkpoint.export_model(args.export, cfg, model.params, model.tables, step=int(state.step),
+                                unet=jax.device_get(state.params))
         print(f"exported model to {args.export}", file=sys.stderr)
 
 
