@@ -142,7 +142,7 @@ def test_large_image_decodes_without_seams(tiny_diffusion):
     p = windows.plan(*levels.shape, tiny_diffusion.cfg)
     out = tiny_diffusion.synthesize(y_hat, levels, 1000, 1500, steps=2)
     assert out.shape == (1000, 1500, 3) and p.num_windows > 100
-    assert windows.seam_ratio(out, p) <= 1.1
+    assert windows.seam_ratio(out, p) <= 1.1 and windows.seam_ratio(out, p, baseline="all") <= 1.1
 
 
 def test_overlapping_windows_track_the_whole_canvas_sample(tiny_diffusion):
@@ -168,11 +168,12 @@ def test_seam_ratio_detects_window_edges():
     box = np.ones(9) / 9
     smooth = np.apply_along_axis(lambda v: np.convolve(v, box, "valid"), 0, noise)
     smooth = np.apply_along_axis(lambda v: np.convolve(v, box, "valid"), 1, smooth) + 128
-    assert windows.seam_ratio(smooth, p) == pytest.approx(1.0, abs=0.1)
+    for baseline in ("grid", "all"):
+        assert windows.seam_ratio(smooth, p, baseline) == pytest.approx(1.0, abs=0.1)
     tiled = smooth.copy()
     for i, (oy, ox) in enumerate(p.origins):
         tiled[oy * 16:(oy + p.size[0]) * 16, ox * 16:(ox + p.size[1]) * 16] += 3.0 * (i % 2 * 2 - 1)
-    assert windows.seam_ratio(tiled, p) > 1.5
+    assert windows.seam_ratio(tiled, p) > 1.5 and windows.seam_ratio(tiled, p, "all") > 1.5
 
 
 def test_diffusion_loss_falls(tiny_model_dir):

@@ -149,25 +149,38 @@ def window_edges(p: WindowPlan) -> tuple[list[int], list[int]]:
     return out[0], out[1]
 
 
-def seam_ratio(image: np.ndarray, p: WindowPlan) -> float:
-    """Mean absolute pixel step across window edges over the mean step everywhere else.
+def seam_ratio(image: np.ndarray, p: WindowPlan, baseline: str = "grid") -> float:
+    """Mean absolute pixel step across window edges over the mean step across the other block
+    boundaries (the 16-pixel grid) inside the windows (`baseline="grid"`), or over the mean step
+    everywhere else (`baseline="all"`).
 
     image [H, W, 3] (any dtype; the decoded image, at most the canvas). A step is the absolute
-    difference between neighbouring pixels, averaged over channels; the step across a window
-    edge at column c is between columns c-1 and c. About 1 means no visible seams; a decoder
-    that tiles windows with discontinuities scores well above 1. NaN if no edge is inside.
+    difference between neighbouring pixels, averaged over channels; the step across a boundary at
+    column c is between columns c-1 and c. Window edges lie on the codec's 16x16 block grid, so
+    they are compared with the same grid elsewhere: block edges the codec itself leaves do not
+    count as seams. About 1 means no visible seams; windows tiled with discontinuities score well
+    above 1. NaN if no window edge or no other block boundary is inside the image.
     """
     x = np.asarray(image, np.float64)
     h, w = x.shape[:2]
     rows, cols = window_edges(p)
     dx = np.abs(np.diff(x, axis=1)).mean(-1)          # [H, W-1]; column c-1 is the step into c
     dy = np.abs(np.diff(x, axis=0)).mean(-1)          # [H-1, W]
-    bx = np.zeros(w - 1, bool)
-    bx[[c - 1 for c in cols if c < w]] = True
-    by = np.zeros(h - 1, bool)
-    by[[r - 1 for r in rows if r < h]] = True
-    border = np.concatenate([dx[:, bx].ravel(), dy[by].ravel()])
-    inside = np.concatenate([dx[:, ~bx].ravel(), dy[~by].ravel()])
+
+    if baseline not in ("grid", "all"):
+        raise ValueError(f"baseline must be 'grid' or 'all', got {baseline!r}")
+
+    def masks(n, edges):
+        edge = np.zeros(n - 1, bool)
+        edge[[e - 1 for e in edges if e < n]] = True
+        grid = np.zeros(n - 1, bool)
+        grid[BLOCK - 1::BLOCK] = True
+        return edge, (grid if baseline == "grid" else np.ones(n - 1, bool)) & ~edge
+
+    ex, gx = masks(w, cols)
+    ey, gy = masks(h, rows)
+    border = np.concatenate([dx[:, ex].ravel(), dy[ey].ravel()])
+    inside = np.concatenate([dx[:, gx].ravel(), dy[gy].ravel()])
     if border.size == 0 or inside.size == 0:
         return float("nan")
     return float(border.mean() / max(inside.mean(), 1e-12))
