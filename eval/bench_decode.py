@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -23,18 +22,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pcdc_jax import parallel  # noqa: E402  (imports no JAX backend; children choose devices)
+
 
 def child(preset: str, devices: int, steps_list, size: int, repeats: int) -> list[dict]:
     import jax
     import numpy as np
 
-    from pcdc_jax import config
-    from pcdc_jax.codec import training
+    from pcdc_jax import config, training
     from pcdc_jax.diffusion import unet, windows
     from pcdc_jax.diffusion.decode import WindowDecoder
 
     cfg = config.preset(preset)
-    codec = training.init_state(cfg, jax.random.PRNGKey(0)).params
+    codec = training.init_params_codec(cfg, jax.random.PRNGKey(0))
     up = unet.init_params(cfg.diffusion, unet.feature_channels(cfg.codec), jax.random.PRNGKey(1))
     dec = WindowDecoder(cfg, codec, up, devices=devices)
     hl = wl = -(-size // 64) * 4
@@ -95,7 +95,7 @@ def _flops(dec, p, steps) -> float | None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    ap.add_argument("--presets", nargs="+", default=["tiny", "cpu"])
     ap.add_argument("--steps", nargs="+", type=int, default=[0, 1, 4, 16, 64])
     ap.add_argument("--devices", nargs="+", type=int, default=[1, 4])
     ap.add_argument("--size", type=int, default=512, help="square image side in pixels")
@@ -110,8 +110,7 @@ def main(argv=None):
     rows = []
     for preset in args.presets:
         for d in args.devices:
-            env = dict(os.environ)
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={d}").strip()
+            env = parallel.simulated_devices_env(d)
             cmd = [sys.executable, __file__, "--child", preset, str(d), "--size", str(args.size),
                    "--repeats", str(args.repeats), "--steps", *map(str, args.steps)]
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout

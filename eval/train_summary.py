@@ -1,18 +1,63 @@
-"""Summarise a run's metrics.jsonl: chosen metrics and steps/s at elapsed-time marks.
+"""Summarise a run's metrics.jsonl: a table of metrics at elapsed-time marks, and a PNG figure of
+the training curves.
 
-  python eval/train_summary.py runs/small_v2 [--minutes 10 20 40 60 90] [--keys bpp psnr]
-  python eval/train_summary.py runs/unet_small --keys loss psnr_base psnr_x0 lpips_x0
+  python eval/train_summary.py runs/cpu [--minutes 10 20 40 60 90] [--keys bpp psnr]
+  python eval/train_summary.py runs/unet_small --keys loss psnr_base psnr_x0 lpips_x0 --plot curves.png
 
-Each row averages the `--window` steps logged before the mark (the run's own clock, so a resumed
-run counts its wall time since the first logged step).
+Each row averages the `--window` steps logged before the mark; minutes are training time (each
+logged interval at its logged speed), so the pauses of a run resumed across sessions do not count. Steps logged twice (a run resumed from an
+earlier checkpoint) count once, with the later value. The figure has one panel per key against
+the step, the raw values faint and a moving average over `--window` steps on top.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
+
+
+def read_log(run: str | Path) -> list[dict]:
+    """metrics.jsonl rows in step order, one per step (the last one logged)."""
+    rows = {}
+    for line in open(Path(run) / "metrics.jsonl"):
+        r = json.loads(line)
+        rows[r["step"]] = r
+    return [rows[s] for s in sorted(rows)]
+
+
+def plot(rows: list[dict], keys, path: str | Path, window: int, title: str) -> None:
+    """One panel per key; written to a temporary name, then renamed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), sharex=True, squeeze=False)
+    for ax, k in zip(axes[:, 0], keys):
+        pts = np.array([(r["step"], r[k]) for r in rows if k in r], float).reshape(-1, 2)
+        ax.plot(pts[:, 0], pts[:, 1], lw=0.5, alpha=0.35, color="C0")
+        every = np.median(np.diff(pts[:, 0])) if len(pts) > 1 else 1.0
+        n = min(len(pts), max(1, int(window // every)))
+        if n > 1:
+            ax.plot(pts[n - 1:, 0], np.convolve(pts[:, 1], np.ones(n) / n, "valid"), lw=1.5, color="C0")
+        ax.set_ylabel(k)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    axes[0, 0].set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def main(argv=None):
@@ -21,21 +66,31 @@ def main(argv=None):
     ap.add_argument("--minutes", type=float, nargs="+", default=[10, 20, 40, 60, 90])
     ap.add_argument("--keys", nargs="+", default=["bpp", "psnr"], help="metrics.jsonl fields to show")
     ap.add_argument("--window", type=int, default=100, help="steps averaged before each mark")
+    ap.add_argument("--plot", metavar="PNG", help="also write the training curves of --keys here")
     args = ap.parse_args(argv)
-    rows = [json.loads(line) for line in open(Path(args.run) / "metrics.jsonl")]
-    t0 = rows[0]["time"] - rows[0]["step"] / rows[0]["steps_per_s"]
+    rows = read_log(args.run)
+    missing = [k for k in args.keys if not any(k in r for r in rows)]
+    if missing:
+        raise SystemExit(f"train_summary: error: {args.run} logs no {', '.join(missing)}")
+    # training time: each logged interval at its own speed, so pauses between resumed sessions
+    # do not count
+    steps = np.array([0] + [r["step"] for r in rows], float)
+    elapsed = np.cumsum(np.diff(steps) / np.array([r["steps_per_s"] for r in rows]))
     print("| minutes | step | " + " | ".join(args.keys) + " | steps/s |")
     print("|---|---|" + "---|" * len(args.keys) + "---|")
-    end = rows[-1]["time"] - t0
-    for minutes in [m for m in args.minutes if 60 * m < end] + [None]:
-        upto = [r for r in rows if minutes is None or r["time"] - t0 <= 60 * minutes]
+    for minutes in [m for m in args.minutes if 60 * m < elapsed[-1]] + [None]:
+        upto = [r for r, t in zip(rows, elapsed) if minutes is None or t <= 60 * minutes]
         if not upto:
             continue
         last = upto[-1]["step"]
         win = [r for r in upto if r["step"] > last - args.window]
-        label = f"{minutes:g}" if minutes is not None else f"{(upto[-1]['time'] - t0) / 60:.0f} (end)"
-        print(f"| {label} | {last} | " + " | ".join(f"{np.mean([r[k] for r in win]):.4g}" for k in args.keys)
+        label = f"{minutes:g}" if minutes is not None else f"{elapsed[-1] / 60:.0f} (end)"
+        print(f"| {label} | {last} | " + " | ".join(f"{np.mean([r[k] for r in win if k in r]):.4g}"
+                                                     for k in args.keys)
               + f" | {np.mean([r['steps_per_s'] for r in win]):.2f} |")
+    if args.plot:
+        plot(rows, args.keys, args.plot, args.window, Path(args.run).name)
+        print(f"\nwrote {args.plot}")
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def _info(args) -> int:
                          "matches_file": model.fingerprint.hex() == info["model_fingerprint"],
                          "diffusion": model.unet is not None,
                          "default_steps": d.default_steps if model.unet is not None else 0,
-                         "eta": d.eta, "window": d.window, "overlap": d.overlap}
+                         "eta": d.eta, "t_start": d.t_start, "window": d.window, "overlap": d.overlap}
     except ModelLoadError as e:
         info["model"] = {"error": str(e)}
     if args.json:
@@ -163,7 +163,8 @@ def _info(args) -> int:
             print(f"  decoder model {m['directory']}: "
                   f"{'matches this file' if m['matches_file'] else 'does NOT match this file'}; "
                   + (f"diffusion decoder, {m['default_steps']} DDIM steps by default (eta "
-                     f"{m['eta']}, windows {m['window']} px overlapping {m['overlap']})"
+                     f"{m['eta']}, from t={m['t_start']}, windows {m['window']} px overlapping "
+                     f"{m['overlap']})"
                      if m["diffusion"] else "no diffusion decoder (base image only)"))
     return 0
 

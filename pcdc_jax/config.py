@@ -55,7 +55,13 @@ class CodecConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Codec-stage training (rate + MSE) schedule."""
+    """Training schedule of the full codec: rate + level-weighted MSE of x_base + diffusion loss.
+
+    The schedule is explicit (CDC's recipe leaves its warm-up undocumented, and its users get gray
+    images without one): the rate weight ramps from `rate_weight_start` to 1 over
+    `rate_warmup_steps`, and the diffusion loss joins at `diffusion_start_step`, once x_base and the
+    context features it conditions on carry the image.
+    """
 
     batch_size: int = 8
     crop_size: int = 128
@@ -71,6 +77,11 @@ class TrainConfig:
     # rate_warmup_steps (a low start avoids collapsing to a gray, zero-rate image).
     rate_weight_start: float = 0.1
     rate_warmup_steps: int = 1000
+    # Weight of the diffusion U-Net's loss (x0 loss + diffusion.lpips_weight * LPIPS) in the joint
+    # loss; 0 trains the codec alone (no U-Net in the state). Its gradient reaches the codec through
+    # x_base and the context features, as in CDC's end-to-end training.
+    diffusion_weight: float = 1.0
+    diffusion_start_step: int = 500
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 100
@@ -95,6 +106,7 @@ class DiffusionConfig:
     residual_scale: float = 0.1         # r0 has roughly unit scale after dividing by this
     default_steps: int = 4              # DDIM steps `pcdc decompress` uses without --steps
     eta: float = 0.0                    # DDIM eta (0: deterministic given the seed)
+    t_start: float = 1.0                # sampling starts from x_base noised to this time (1: pure noise)
     window: int = 256                   # sampling window side in pixels (multiple of 16)
     overlap: int = 64                   # overlap of neighbouring windows in pixels (multiple of 16)
     window_batch: int = 8               # windows per sampling call (rounded up to the device count)
@@ -110,6 +122,8 @@ class DiffusionConfig:
                              "of 16 with 0 <= overlap < window")
         if len(self.unet_channels) != 4:
             raise ValueError("unet_channels needs one width for each of strides 2, 4, 8, 16")
+        if not 0.0 < self.t_start <= 1.0:
+            raise ValueError(f"t_start {self.t_start} must be in (0, 1]")
         if self.schedule not in ("cosine", "linear"):
             raise ValueError(f"unknown schedule {self.schedule!r} (cosine or linear)")
 
@@ -190,17 +204,22 @@ def tiny() -> Config:
         codec=CodecConfig(latent_channels=16, hyper_channels=8, encoder_channels=(8, 16, 16),
                           hyper_hidden=16, decoder_channels=(24, 16, 12, 8), decoder_res_blocks=0),
         train=TrainConfig(batch_size=2, crop_size=64, total_steps=20, lr_warmup_steps=2,
-                          rate_warmup_steps=5, checkpoint_every=5, log_every=1),
+                          rate_warmup_steps=5, diffusion_start_step=2, checkpoint_every=5,
+                          log_every=1),
         diffusion=DiffusionConfig(unet_channels=(8, 16, 16, 16), attention_heads=1, time_dim=16,
                                   window=128, overlap=32, window_batch=8),
         container=ContainerConfig(tile_latent=4),
     )
 
 
-def small() -> Config:
-    """The CPU-trainable preset (the shipped default model)."""
+def cpu() -> Config:
+    """The preset designed to train on a 2-core CPU (the shipped default model's architecture).
+
+    Narrow codec (48-96-128 encoder, 128 latent channels) and a 3.6M-parameter U-Net on 8 crops
+    of 128x128; measured training speed in WORKSPACE.md (`eval/bench_train.py`).
+    """
     return Config(
-        name="small",
+        name="cpu",
         codec=CodecConfig(latent_channels=128, hyper_channels=64, encoder_channels=(48, 96, 128),
                           hyper_hidden=96, decoder_channels=(160, 128, 64, 32),
                           decoder_res_blocks=1),
@@ -208,20 +227,35 @@ def small() -> Config:
     )
 
 
+def small() -> Config:
+    """One-GPU preset: a wider codec and U-Net on 16 crops of 256x256 (about 25 MB of weights)."""
+    return Config(
+        name="small",
+        codec=CodecConfig(latent_channels=160, hyper_channels=96, encoder_channels=(64, 128, 160),
+                          hyper_hidden=128, decoder_channels=(192, 128, 96, 48),
+                          decoder_res_blocks=1),
+        train=TrainConfig(batch_size=16, crop_size=256, learning_rate=5e-4, total_steps=50000,
+                          rate_warmup_steps=2000, diffusion_start_step=1000, checkpoint_every=500,
+                          log_every=50),
+        diffusion=DiffusionConfig(unet_channels=(48, 96, 128, 192)),
+    )
+
+
 def base() -> Config:
-    """Accelerator preset."""
+    """Accelerator preset (pods): the widest codec and U-Net, 512-pixel sampling windows."""
     return Config(
         name="base",
         codec=CodecConfig(latent_channels=192, hyper_channels=128, encoder_channels=(96, 192, 256),
                           hyper_hidden=192, decoder_channels=(256, 192, 128, 64),
                           decoder_res_blocks=2),
-        train=TrainConfig(batch_size=16, crop_size=256, total_steps=200000),
+        train=TrainConfig(batch_size=16, crop_size=256, total_steps=200000, rate_warmup_steps=5000,
+                          diffusion_start_step=5000, checkpoint_every=1000, log_every=100),
         diffusion=DiffusionConfig(unet_channels=(64, 128, 192, 256), unet_res_blocks=2,
                                   time_dim=256, window=512, overlap=128, window_batch=16),
     )
 
 
-PRESETS = {"tiny": tiny, "small": small, "base": base}
+PRESETS = {"tiny": tiny, "cpu": cpu, "small": small, "base": base}
 
 
 def preset(name: str) -> Config:

@@ -1,14 +1,18 @@
 """The training loop the train/ entry points share: per-step batches and keys, logging, checkpoints.
 
-The batch of step s is `dataset.batch(s, batch_size)` and its key `fold_in(loop_key(cfg), s)`, so a
-run resumed from a checkpoint at step s continues exactly as the uninterrupted run would.
+The batch of step s is `dataset.batch(s, local_batch)` in every process and its key
+`fold_in(loop_key(cfg), s)`, so a run resumed from a checkpoint at step s continues exactly as the
+uninterrupted run would. Batches are read and placed on the devices by a background thread a few
+steps ahead, so the devices do not wait for the host.
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 from tqdm import tqdm
@@ -16,40 +20,104 @@ from tqdm import tqdm
 from pcdc_jax import checkpoint, parallel
 from pcdc_jax.config import Config
 
+PREFETCH = 2
+
 
 def root_key(cfg: Config) -> jax.Array:
     """The run's root key; fold_in(root, 0) initialises parameters, fold_in(root, 1) drives steps."""
     return jax.random.PRNGKey(cfg.train.seed)
 
 
+def local_batch_size(cfg: Config) -> int:
+    """This process's share of `train.batch_size`."""
+    n = jax.process_count()
+    if cfg.train.batch_size % n:
+        raise ValueError(f"train.batch_size {cfg.train.batch_size} is not divisible by {n} processes")
+    return cfg.train.batch_size // n
+
+
+def prefetch(load: Callable[[int], Any], steps: range, depth: int = PREFETCH) -> Iterator[Any]:
+    """Yields load(s) for s in steps, computing up to `depth` of them ahead on one worker thread."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prefetch") as ex:
+        pending = collections.deque()
+        it = iter(steps)
+        for s in it:
+            pending.append(ex.submit(load, s))
+            if len(pending) > depth:
+                break
+        while pending:
+            yield pending.popleft().result()
+            for s in it:
+                pending.append(ex.submit(load, s))
+                break
+
+
+class _Log:
+    """metrics.jsonl (and TensorBoard event files when tensorboardX is installed), process 0 only."""
+
+    def __init__(self, run_dir: Path):
+        self.file = open(run_dir / "metrics.jsonl", "a")
+        try:
+            from tensorboardX import SummaryWriter
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            self.tb = None
+
+    def write(self, m: dict) -> None:
+        self.file.write(json.dumps(m) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in m.items():
+                if k not in ("step", "time"):
+                    self.tb.add_scalar(k, v, m["step"], walltime=m["time"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
 def fit(step_fn: Callable, state: Any, dataset, *, cfg: Config, mesh, mngr, run_dir: str | Path,
         total: int, extra_args: Sequence = (), show: Sequence[str] = ()) -> Any:
     """Runs `state, metrics = step_fn(state, x, key, *extra_args)` from `state.step` to `total`.
 
-    Every `train.log_every` steps the metrics (plus step, steps/s, images/s, time) are appended to
-    run_dir/metrics.jsonl and the keys in `show` appear in the progress bar; the state is
-    checkpointed every `train.checkpoint_every` steps and at the end. Returns the final state.
+    Every `train.log_every` steps the metrics (plus step, steps/s, images/s, megapixels/s, time)
+    are appended to run_dir/metrics.jsonl and the keys in `show` appear in the progress bar; the
+    state is checkpointed (asynchronously) every `train.checkpoint_every` steps and at the end.
+    Every process runs this; only process 0 logs. Returns the final state.
     """
     tc = cfg.train
     loop_key = jax.random.fold_in(root_key(cfg), 1)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    primary = parallel.is_primary()
+    b = local_batch_size(cfg)
     start = int(state.step)
-    with open(run_dir / "metrics.jsonl", "a") as log, tqdm(initial=start, total=total, unit="step") as bar:
-        t0 = time.time()
-        for step in range(start, total):
-            x = parallel.shard_batch(dataset.batch(step, tc.batch_size), mesh)
-            state, metrics = step_fn(state, x, jax.random.fold_in(loop_key, step), *extra_args)
-            if (step + 1) % tc.log_every == 0:
-                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                dt = (time.time() - t0) / tc.log_every
-                t0 = time.time()
-                m.update(step=step + 1, steps_per_s=1 / dt, images_per_s=tc.batch_size / dt, time=time.time())
-                log.write(json.dumps(m) + "\n")
-                log.flush()
-                bar.set_postfix({k: f"{m[k]:.4g}" for k in (*show, "images_per_s") if k in m})
-            bar.update(1)
-            if (step + 1) % tc.checkpoint_every == 0 or step + 1 == total:
-                checkpoint.save(mngr, step + 1, cfg, state=state)
+    log = None
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log = _Log(run_dir)
+    batches = prefetch(lambda s: parallel.shard_batch(dataset.batch(s, b), mesh), range(start, total))
+    try:
+        with tqdm(initial=start, total=total, unit="step", disable=not primary) as bar:
+            t0 = time.time()
+            for step, x in zip(range(start, total), batches):
+                state, metrics = step_fn(state, x, jax.random.fold_in(loop_key, step), *extra_args)
+                if (step + 1) % tc.log_every == 0:
+                    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    dt = (time.time() - t0) / tc.log_every
+                    t0 = time.time()
+                    m.update(step=step + 1, steps_per_s=1 / dt, images_per_s=tc.batch_size / dt,
+                             megapixels_per_s=tc.batch_size * tc.crop_size ** 2 / 1e6 / dt, time=t0)
+                    if log is not None:
+                        log.write(m)
+                    bar.set_postfix({k: f"{m[k]:.4g}" for k in (*show, "images_per_s") if k in m})
+                bar.update(1)
+                if (step + 1) % tc.checkpoint_every == 0 or step + 1 == total:
+                    checkpoint.save(mngr, step + 1, cfg, state=state)
+    finally:
+        batches.close()
+        if log is not None:
+            log.close()
     mngr.wait_until_finished()
     return state

@@ -4,6 +4,12 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the session and the training scripts it starts, so the
+# same program (e.g. the tiny train step in several subprocesses) is compiled once.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="pcdc-test-xla-cache-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 
 import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -23,18 +29,16 @@ DEFAULT_MODEL = ROOT / "pcdc_jax" / "models" / "default"
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny-preset model after a few training steps, exported like a shipped model."""
-    from pcdc_jax import checkpoint, config
-    from pcdc_jax.codec import entropy_coding, training
+    from pcdc_jax import config, training
 
-    cfg = config.tiny()
+    cfg = config.tiny().override(["train.diffusion_weight=0"])     # codec only: fast to compile
     state = training.init_state(cfg, jax.random.PRNGKey(0))
     step = training.jit_train_step(cfg)
     x = jax.numpy.asarray(sample_image()[:64, :128].astype(np.float32) / 255.0).reshape(2, 64, 64, 3)
     for i in range(3):
         state, _ = step(state, x, jax.random.PRNGKey(i))
-    params = jax.device_get(state.params)
     d = tmp_path_factory.mktemp("models") / "tiny"
-    checkpoint.export_model(d, cfg, params, entropy_coding.build_tables(cfg.codec, params))
+    training.export(d, cfg, state)
     return d
 
 

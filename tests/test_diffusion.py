@@ -49,6 +49,17 @@ def test_ddim_ends_at_the_prediction(steps, eta):
     np.testing.assert_allclose(out, target, atol=1e-6)
 
 
+def test_ddim_from_a_partly_noised_start():
+    """t_start < 1 starts at sqrt(1 - alpha_bar(t_start)) * noise (x_base noised to t_start)."""
+    noise = lambda i: jnp.ones((1, 16, 16, 3))  # noqa: E731
+    out = sampler.ddim(lambda r, t: jnp.zeros_like(r), noise, 4, 0.0, "cosine", t_start=0.4)
+    np.testing.assert_allclose(out, 0.0, atol=1e-6)
+    start = jax.jit(lambda: sampler.ddim(lambda r, t: r, noise, 1, 0.0, "cosine", t_start=0.4))()
+    np.testing.assert_allclose(start, np.sqrt(1 - float(schedule.alpha_bar(0.4))), rtol=1e-5)
+    with pytest.raises(ValueError):
+        config.DiffusionConfig(t_start=0.0)
+
+
 def test_ddim_moves_toward_a_linear_denoiser_fixed_point():
     # denoise(r) = r / 2: every step shrinks r; eta=0 is a deterministic function of the start.
     noise = lambda i: jax.random.normal(jax.random.PRNGKey(i), (1, 16, 16, 3))  # noqa: E731

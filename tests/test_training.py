@@ -1,21 +1,32 @@
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+from functools import partial
 
 import jax
 import numpy as np
+import pytest
 
-from pcdc_jax import config
-from pcdc_jax.codec import training
-from tests.conftest import ROOT, SAMPLES
+from pcdc_jax import config, training
+from pcdc_jax.codec.training import random_levels
+from tests.conftest import ROOT, SAMPLES, sample_image
 
 
-def test_loss_falls_on_a_fixed_batch():
-    cfg = config.tiny().override(["train.learning_rate=0.003", "train.lr_warmup_steps=1"])
+def _batch(y=100, x=100):
+    return jax.numpy.asarray(sample_image()[y:y + 64, x:x + 128].astype(np.float32) / 255).reshape(2, 64, 64, 3)
+
+
+def test_codec_loss_falls_on_a_fixed_batch():
+    cfg = config.tiny().override(["train.learning_rate=0.003", "train.lr_warmup_steps=1",
+                                  "train.diffusion_weight=0"])
     state = training.init_state(cfg, jax.random.PRNGKey(0))
+    assert set(state.params) == {"codec"}
     step = training.jit_train_step(cfg)
-    from tests.conftest import sample_image
-    x = jax.numpy.asarray(sample_image()[100:164, 100:228].astype(np.float32) / 255).reshape(2, 64, 64, 3)
+    x = _batch()
     losses = []
     for i in range(30):
         state, m = step(state, x, jax.random.PRNGKey(i))
@@ -24,37 +35,110 @@ def test_loss_falls_on_a_fixed_batch():
 
 
 def test_every_level_is_sampled():
-    lv = training.random_levels(jax.random.PRNGKey(0), 4, 8, 8, 5)
+    lv = random_levels(jax.random.PRNGKey(0), 4, 8, 8, 5)
     assert set(np.unique(lv)) == set(range(5))
 
 
-def _train(run, steps, *extra):
-    subprocess.run([sys.executable, "train/train_codec.py", "--preset", "tiny", "--data", str(SAMPLES),
-                    "--run", str(run), "--steps", str(steps), "--set", "train.batch_size=4", *extra],
-                   check=True, cwd=ROOT, capture_output=True)
-    return [json.loads(line) for line in open(run / "metrics.jsonl")]
+def test_joint_loss_schedule_and_gradients():
+    """Before diffusion_start_step the U-Net gets no loss and no gradient; from it on, the
+    diffusion loss trains the U-Net and its gradient also reaches the codec."""
+    cfg = config.tiny().override(["train.diffusion_start_step=5", "train.rate_weight_start=1.0"])
+    params = training.init_state(cfg, jax.random.PRNGKey(0)).params
+    x = _batch()
+    levels = random_levels(jax.random.PRNGKey(1), 2, 4, 4, 5)
+    grad = jax.jit(jax.grad(partial(training.loss_fn, cfg=cfg), has_aux=True))
+    g0, m0 = grad(params, x, levels, jax.random.PRNGKey(2), 4)
+    g1, m1 = grad(params, x, levels, jax.random.PRNGKey(2), 5)
+    assert float(m0["loss_diffusion"]) == 0.0 and float(m1["loss_diffusion"]) > 0
+    assert all(float(np.abs(a).max()) == 0 for a in jax.tree.leaves(g0["unet"]))
+    assert max(float(np.abs(a).max()) for a in jax.tree.leaves(g1["unet"])) > 0
+    np.testing.assert_allclose(float(m1["loss"]), float(m1["loss_codec"] + m1["loss_diffusion"]), rtol=1e-6)
+    assert float(m0["loss_codec"]) == pytest.approx(float(m1["loss_codec"]), rel=1e-6)
+    diff = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), g0["codec"], g1["codec"])
+    assert max(jax.tree.leaves(diff)) > 0            # the diffusion loss reaches the encoder...
+    assert max(jax.tree.leaves(diff["encoder"])) > 0
 
 
-def test_resume_continues_the_same_run(tmp_path):
-    """On 4 simulated devices: 4 steps + resume to 8 equals 8 steps straight; export loads."""
-    straight = _train(tmp_path / "a", 8)
-    _train(tmp_path / "b", 4)
-    resumed = _train(tmp_path / "b", 8, "--resume", "--export", str(tmp_path / "model"))
-    assert [m["step"] for m in resumed] == list(range(1, 9))
-    np.testing.assert_allclose([m["loss"] for m in resumed], [m["loss"] for m in straight], rtol=1e-5)
+def _cmd(run, steps, *extra):
+    return [sys.executable, "train/train_codec.py", "--preset", "tiny", "--data", str(SAMPLES),
+            "--run", str(run), "--steps", str(steps), "--set", "train.batch_size=4",
+            "train.checkpoint_every=4", *extra]
+
+
+def _log(run):
+    """metrics.jsonl as {step: metrics}; a resumed run re-logs steps after its checkpoint, and
+    the later line wins."""
+    return {m["step"]: m for m in map(json.loads, open(run / "metrics.jsonl"))}
+
+
+def test_kill9_then_resume_continues_the_same_run(tmp_path):
+    """Full (codec + U-Net) training on 4 simulated devices, killed with SIGKILL after its second
+    checkpoint and resumed, logs the same losses as an uninterrupted run; export and --init-from
+    work on the result."""
+    total = 24
+    subprocess.run(_cmd(tmp_path / "a", total), check=True, cwd=ROOT, capture_output=True)
+    straight = _log(tmp_path / "a")
+    proc = subprocess.Popen(_cmd(tmp_path / "b", total), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ck = tmp_path / "b" / "checkpoints"
+    deadline = time.time() + 600
+    while not (ck / "8").is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = max(int(p.name) for p in ck.iterdir() if p.name.isdigit())
+    assert 8 <= killed_at < total
+    out = subprocess.run(_cmd(tmp_path / "b", total, "--resume", "--export", str(tmp_path / "model")),
+                         check=True, cwd=ROOT, capture_output=True, text=True)
+    assert f"resumed from step {killed_at}" in out.stderr
+    resumed = _log(tmp_path / "b")
+    assert sorted(resumed) == list(range(1, total + 1))
+    after = range(killed_at + 1, total + 1)
+    np.testing.assert_allclose([resumed[s]["loss"] for s in after], [straight[s]["loss"] for s in after],
+                               rtol=1e-5)
+    assert resumed[total]["loss_diffusion"] > 0
+    assert sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit()) == [16, 20, 24]   # keep 3
+
     from pcdc_jax import api
     rt = api.load(tmp_path / "model")
-    assert rt.cfg.name == "tiny"
+    assert rt.cfg.name == "tiny" and rt.has_diffusion
 
-    # --init-from starts a new run (step 0, fresh optimizer) from the exported weights
-    subprocess.run([sys.executable, "train/train_codec.py", "--preset", "small", "--data", str(SAMPLES),
-                    "--run", str(tmp_path / "c"), "--steps", "0", "--init-from", str(tmp_path / "model"),
-                    "--set", "train.lmbda=0.002", "--export", str(tmp_path / "model2")],
-                   check=True, cwd=ROOT, capture_output=True)
+    # --init-from starts a new run (step 0, fresh optimizer) from the exported codec and U-Net
+    subprocess.run(_cmd(tmp_path / "c", 0, "train.lmbda=0.002", "--init-from", str(tmp_path / "model"),
+                        "--export", str(tmp_path / "model2")), check=True, cwd=ROOT, capture_output=True)
     rt2 = api.load(tmp_path / "model2")
     assert rt2.cfg.codec == rt.cfg.codec and rt2.cfg.train.lmbda == 0.002
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(rt.params), jax.tree.leaves(rt2.params)))
-    bad = subprocess.run([sys.executable, "train/train_codec.py", "--data", str(SAMPLES), "--run",
-                          str(tmp_path / "d"), "--init-from", str(tmp_path / "model"),
-                          "--set", "codec.latent_channels=7"], cwd=ROOT, capture_output=True, text=True)
+    for a, b in ((rt.params, rt2.params), (rt.model.unet, rt2.model.unet)):
+        assert all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    bad = subprocess.run(_cmd(tmp_path / "d", 0, "diffusion.unet_channels=[8,8,8,8]", "--init-from",
+                              str(tmp_path / "model")), cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "architecture" in bad.stderr
+
+
+def test_two_processes_train_one_model(tmp_path):
+    """jax.distributed with 2 local processes of 2 CPU devices each: both see the 4 global devices,
+    end with the same state (their gradients agreed at every step), and write one checkpoint."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [subprocess.Popen(_cmd(tmp_path / "run", 6, "train.checkpoint_every=3", "--coordinator",
+                                   f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)),
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    summary = [next(line for line in err.splitlines() if line.startswith(f"process {i}/2"))
+               for i, (_, err) in enumerate(outs)]
+    assert all("4 devices (2 local), step 6" in line for line in summary)
+    digests = [line.rsplit(" ", 1)[1] for line in summary]
+    assert digests[0] == digests[1]
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["3", "6"]
+    assert sorted(_log(run)) == list(range(1, 7))
+    assert len(open(run / "metrics.jsonl").readlines()) == 6          # process 0 logs, once
+    subprocess.run([sys.executable, "train/export_model.py", "--run", str(run), "--out", str(tmp_path / "m")],
+                   check=True, cwd=ROOT, capture_output=True)
+    from pcdc_jax import checkpoint
+    assert checkpoint.load_model(tmp_path / "m").unet is not None

@@ -1,6 +1,6 @@
 """Export a training run's latest (or given) step as a model directory for `pcdc` and eval.
 
-  python train/export_model.py --run runs/small --out pcdc_jax/models/default [--step N]
+  python train/export_model.py --run runs/cpu --out pcdc_jax/models/default [--step N]
 """
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 
-from pcdc_jax import checkpoint  # noqa: E402
-from pcdc_jax.codec import entropy_coding, training  # noqa: E402
+from pcdc_jax import checkpoint, training  # noqa: E402
 
 
 def main(argv=None):
@@ -28,8 +27,7 @@ def main(argv=None):
         sys.exit(f"export_model: error: {args.run} has no checkpoint")
     cfg = checkpoint.restore_config(mngr, step)
     state = checkpoint.restore_state(mngr, training.init_state(cfg, jax.random.PRNGKey(0)), step)
-    params = jax.device_get(state.params)
-    checkpoint.export_model(args.out, cfg, params, entropy_coding.build_tables(cfg.codec, params), step=step)
+    training.export(args.out, cfg, state)
     print(f"exported step {step} of {args.run} to {args.out}")
 
 

@@ -1,7 +1,14 @@
-"""Train the codec stage (rate + MSE) on image folders; resumable; exports a model directory.
+"""Train the full codec jointly (encoder, priors, context decoder, diffusion U-Net); resumable.
 
-  python train/train_codec.py --preset small --data ../shared/data/train --run runs/small \
-      [--steps N] [--resume] [--export models/default] [--set train.lmbda=0.02 ...]
+  python train/train_codec.py --preset cpu --data ../shared/data/train --run runs/cpu \
+      [--steps N] [--resume] [--init-from MODEL_DIR] [--export DIR] [--set train.lmbda=0.02 ...]
+  python train/train_codec.py --preset small --tfds div2k --data-dir ~/tensorflow_datasets --run runs/s
+  # multi-host: the same command in every process, plus
+      --coordinator HOST:PORT --num-processes N --process-id I
+
+Losses and their schedule are in the config's `train` section (`--set train.diffusion_weight=0`
+trains the codec alone). Every process reads its own shard of the data; process 0 logs to
+RUN/metrics.jsonl (and RUN/tensorboard/); Orbax checkpoints go to RUN/checkpoints/.
 """
 from __future__ import annotations
 
@@ -14,25 +21,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 
-from pcdc_jax import checkpoint, config, parallel, trainer  # noqa: E402
-from pcdc_jax.codec import entropy_coding, training  # noqa: E402
+from pcdc_jax import checkpoint, config, parallel, trainer, training  # noqa: E402
 from pcdc_jax.data.datasets import FolderDataset  # noqa: E402
+from pcdc_jax.metrics import weights  # noqa: E402
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="small", choices=sorted(config.PRESETS))
-    ap.add_argument("--data", nargs="+", required=True, help="image folders (recursive)")
+    ap.add_argument("--preset", default="cpu", choices=sorted(config.PRESETS))
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", nargs="+", help="image folders (recursive; png, jpg, tif, webp)")
+    src.add_argument("--tfds", metavar="NAME", help="a prepared TFDS dataset, e.g. div2k")
+    ap.add_argument("--data-dir", help="TFDS data directory (default: TFDS's own)")
+    ap.add_argument("--split", default="train", help="TFDS split")
     ap.add_argument("--run", required=True, help="run directory (checkpoints, metrics.jsonl)")
     ap.add_argument("--steps", type=int, help="stop after this many total steps")
     ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     ap.add_argument("--init-from", metavar="MODEL_DIR",
-                    help="start from this model's weights (fresh optimizer and schedule); its codec "
-                         "config replaces the preset's")
+                    help="start from this model's weights (codec, and U-Net if it has one; fresh "
+                         "optimizer and schedule); its codec config replaces the preset's")
     ap.add_argument("--export", help="write a model directory (inference + config) at the end")
     ap.add_argument("--devices", type=int, help="number of local devices (default: all)")
+    ap.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: process 0's address")
+    ap.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    ap.add_argument("--process-id", type=int, help="multi-host: this process's index")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE")
     args = ap.parse_args(argv)
+    if args.export and (args.num_processes or 1) > 1:
+        ap.error("--export is single-process; export a multi-host run with train/export_model.py")
+    try:
+        parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as e:
+        ap.error(str(e))
 
     run = Path(args.run)
     cfg = config.preset(args.preset).override(args.set)
@@ -43,29 +63,48 @@ def main(argv=None):
         cfg = checkpoint.restore_config(mngr).override(args.set)
     elif args.init_from:
         init = checkpoint.load_model(args.init_from)
-        cfg = dataclasses.replace(cfg, codec=init.cfg.codec).override(args.set)
-        if cfg.codec != init.cfg.codec:
-            ap.error("--init-from: codec.* overrides would change the loaded model's architecture")
+        arch = {"codec": init.cfg.codec}
+        if init.unet is not None:
+            arch["diffusion"] = init.cfg.diffusion
+        cfg = dataclasses.replace(cfg, **arch).override(args.set)
+        unet_ok = init.unet is None or not training.has_unet(cfg) or training.same_shapes(
+            init.unet, training.abstract_state(cfg).params["unet"])
+        if cfg.codec != init.cfg.codec or not unet_ok:
+            ap.error("--init-from: codec.* or diffusion.* overrides would change the loaded model's architecture")
     tc = cfg.train
     total = tc.total_steps if args.steps is None else args.steps
-    mesh = parallel.make_mesh(args.devices)
-    root = trainer.root_key(cfg)
+    try:
+        mesh = parallel.make_mesh(args.devices)
+        trainer.local_batch_size(cfg)
+    except ValueError as e:
+        ap.error(str(e))
+    key = jax.random.fold_in(trainer.root_key(cfg), 0)
     if init is not None:
-        state = training.init_state(cfg, params=init.params)
+        state = training.init_state(cfg, key, init.params, init.unet)
         print(f"initialised from {args.init_from}", file=sys.stderr)
     else:
-        state = training.init_state(cfg, jax.random.fold_in(root, 0))
+        state = training.init_state(cfg, key)
     state = parallel.replicate(state, mesh)
     if resuming:
         state = checkpoint.restore_state(mngr, state)
         print(f"resumed from step {int(state.step)}", file=sys.stderr)
-    data = FolderDataset(args.data, tc.crop_size, seed=tc.seed)
+    shard = dict(seed=tc.seed, process_index=jax.process_index(), process_count=jax.process_count())
+    if args.tfds:
+        from pcdc_jax.data.tfds_source import TfdsDataset
+        data = TfdsDataset(args.tfds, tc.crop_size, data_dir=args.data_dir, split=args.split, **shard)
+    else:
+        data = FolderDataset(args.data, tc.crop_size, **shard)
+    lpips = None
+    if training.has_unet(cfg) and cfg.diffusion.lpips_weight > 0:
+        lpips = parallel.replicate(weights.load("alex"), mesh)
     state = trainer.fit(training.jit_train_step(cfg), state, data, cfg=cfg, mesh=mesh, mngr=mngr,
-                        run_dir=run, total=total, show=("bpp", "psnr"))
+                        run_dir=run, total=total, extra_args=(lpips,),
+                        show=("bpp", "psnr", "psnr_x0"))
+    print(f"process {jax.process_index()}/{jax.process_count()}: {jax.device_count()} devices "
+          f"({jax.local_device_count()} local), step {int(state.step)}, state sha256 "
+          f"{training.state_digest(state)[:16]}", file=sys.stderr)
     if args.export:
-        params = jax.device_get(state.params)
-        checkpoint.export_model(args.export, cfg, params, entropy_coding.build_tables(cfg.codec, params),
-                                step=int(state.step))
+        training.export(args.export, cfg, state)
         print(f"exported model to {args.export}", file=sys.stderr)
 
 

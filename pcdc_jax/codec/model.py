@@ -45,7 +45,8 @@ class Codec(nn.Module):
         """Training forward with noisy rate proxies.
 
         x [B, H, W, 3] in [0, 1]; levels int [B, H/16, W/16]. Returns a dict with x_base, bits of
-        y per block [B, h, w] and bits of z per image [B].
+        y per block [B, h, w], bits of z per image [B], and the context features {stride: map}
+        the diffusion U-Net is conditioned on.
         """
         cfg = self.cfg
         kz, ky = jax.random.split(key)
@@ -61,9 +62,10 @@ class Codec(nn.Module):
         v = q.noisy_symbols(y, mu, levels, ky, cfg)
         ly = jnp.maximum(gaussian_likelihood(v, sigma), cfg.likelihood_bound)
         y_hat = q.ste_dequantize(y, mu, levels, cfg)
-        x_base, _ = self.synthesis(y_hat, levels)
+        x_base, features = self.synthesis(y_hat, levels)
         return {
             "x_base": x_base,
+            "features": features,
             "bits_y": -jnp.sum(jnp.log2(ly), axis=-1),
             "bits_z": -jnp.sum(jnp.log2(lz), axis=(1, 2, 3)),
         }

@@ -23,6 +23,19 @@ def list_images(root: str | Path) -> list[Path]:
     return files
 
 
+def random_crop_flip(rng: np.random.Generator, im: np.ndarray, crop: int) -> np.ndarray:
+    """A random crop x crop window of [H, W, C] `im`, flipped left-right, then up-down, each with
+    probability 1/2. Draws y, x and the two flips from `rng`, in that order (a view, no copy)."""
+    y = rng.integers(0, im.shape[0] - crop + 1)
+    x = rng.integers(0, im.shape[1] - crop + 1)
+    out = im[y:y + crop, x:x + crop]
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    if rng.random() < 0.5:
+        out = out[::-1]
+    return out
+
+
 class FolderDataset:
     """All images of a folder in memory as uint8; `batch(step)` gives random crops in [0, 1]."""
 
@@ -48,13 +61,5 @@ class FolderDataset:
         c = self.crop_size
         out = np.empty((batch_size, c, c, 3), np.float32)
         for i, idx in enumerate(rng.integers(0, len(self.images), batch_size)):
-            im = self.images[idx]
-            y = rng.integers(0, im.shape[0] - c + 1)
-            x = rng.integers(0, im.shape[1] - c + 1)
-            crop = im[y:y + c, x:x + c]
-            if rng.random() < 0.5:
-                crop = crop[:, ::-1]
-            if rng.random() < 0.5:
-                crop = crop[::-1]
-            out[i] = crop / np.float32(255.0)
+            out[i] = random_crop_flip(rng, self.images[idx], c) / np.float32(255.0)
         return out

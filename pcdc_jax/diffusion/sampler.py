@@ -44,16 +44,21 @@ class _Carry(NamedTuple):
     r: jax.Array
 
 
-def ddim(denoise: Callable, noise: Callable, steps: int, eta: float, kind: str = "cosine") -> jax.Array:
-    """DDIM (Song et al. 2021, eq. 12) from t=1 to t=0 in `steps` uniform steps.
+def ddim(denoise: Callable, noise: Callable, steps: int, eta: float, kind: str = "cosine",
+         t_start: float = 1.0) -> jax.Array:
+    """DDIM (Song et al. 2021, eq. 12) from t=t_start to t=0 in `steps` uniform steps.
+
+    The start is r_{t_start} = sqrt(1 - alpha_bar(t_start)) * noise: the residual's prior mean 0
+    (x_base itself) noised to t_start, so t_start < 1 refines x_base (SDEdit-like) and the
+    U-Net only works at noise levels up to t_start; t_start=1 is sampling from pure noise.
 
     denoise(r_t, t [1]) -> predicted r0 (t is shared by the batch; passing it once keeps the
     time-embedding matmuls independent of the batch size, hence bit-identical for any batch); noise(i) -> standard normal of the sample's shape (i=0:
     the start at t=1, i>=1: fresh noise of step i, used only when eta > 0). Returns r0 of the
     last step. eta=0 is deterministic given the start noise.
     """
-    ts = jnp.linspace(1.0, 0.0, steps + 1)
-    r = noise(0)
+    ts = jnp.linspace(t_start, 0.0, steps + 1)
+    r = jnp.sqrt(1.0 - schedule.alpha_bar(ts[0], kind)) * noise(0)
 
     def body(carry: _Carry, i):
         t, tn = ts[i], ts[i + 1]
@@ -113,7 +118,7 @@ def window_sampler(cfg: Config, crop_sizes, steps: int, eta: float, mesh: Mesh |
         def noise(i):
             return block_noise(jax.random.fold_in(key, i), starts[0, 5], win)[None]
 
-        r = ddim(denoise, noise, steps, eta, d.schedule)
+        r = ddim(denoise, noise, steps, eta, d.schedule, d.t_start)
         return (x_base + d.residual_scale * r)[0]
 
     def local(codec_params, unet_params, y, levels, starts, seed):

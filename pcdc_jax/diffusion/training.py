@@ -2,8 +2,8 @@
 
 The conditioning is what the decoder sees at decode time: the codec's rounded latent at random
 per-block levels, through the context decoder. Here the codec is frozen (its parameters are an
-argument, gradients flow to the U-Net only); the joint training of the training issue reuses
-`loss_fn` with the codec's outputs.
+argument, gradients flow to the U-Net only); `pcdc_jax.training` reuses `loss_fn` to train the
+codec and the U-Net jointly.
 """
 from __future__ import annotations
 
@@ -62,7 +62,10 @@ def loss_fn(unet_params, x, x_base, features, key, cfg: Config, lpips_params=Non
     t = jax.random.uniform(kt, (b,))
     ab = schedule.alpha_bar(t, d.schedule)[:, None, None, None]
     r0 = (x - x_base) / d.residual_scale
-    r_t = jnp.sqrt(ab) * r0 + jnp.sqrt(1.0 - ab) * jax.random.normal(ke, r0.shape)
+    # The noised input is data, as x_t is in CDC: in joint training no gradient reaches the codec
+    # through it (the loss's own x0 error still does).
+    r_t = (jnp.sqrt(ab) * jax.lax.stop_gradient(r0)
+           + jnp.sqrt(1.0 - ab) * jax.random.normal(ke, r0.shape))
     r0_hat = UNet(d).apply({"params": unet_params}, r_t, t, x_base, features)
     per_image = jnp.mean(jnp.square(r0_hat - r0), axis=(1, 2, 3))
     weight = jnp.clip(schedule.snr(t, d.schedule), d.snr_min, d.snr_max)
@@ -77,6 +80,8 @@ def loss_fn(unet_params, x, x_base, features, key, cfg: Config, lpips_params=Non
         lp = jnp.mean(perceptual.lpips(lpips_params, x0_hat, x, "alex"))
         loss = loss + d.lpips_weight * lp
         metrics["lpips_x0"] = lp
+        # the bar x0 has to clear: LPIPS of x_base itself
+        metrics["lpips_base"] = jnp.mean(perceptual.lpips(lpips_params, jax.lax.stop_gradient(x_base), x, "alex"))
     metrics["loss"] = loss
     return loss, metrics
 
