@@ -1,10 +1,13 @@
 """Sampling-step ablation: quality and decode time of the diffusion decoder at each step count.
 
-  python eval/ablate_steps.py [--model DIR] [--data ../shared/data/kodak] [--limit N] [--level 1]
+  python eval/ablate_steps.py [--model DIR] [--data ../shared/data/kodak] [--limit N]
+                              [--level 1 | --ratio R]
                               [--steps 0 1 2 4 8] [--metrics psnr lpips_alex dists] [--seed 0]
+                              [--eta E] [--t-start T]
                               [--out outputs/ablate_steps.json]
 
-Every image is compressed once at a uniform level; the same file is decoded at every step count
+Every image is compressed once at a uniform level (`--level`, or the finest level whose file fits
+the compression ratio `--ratio`, as `pcdc compress --ratio`); the same file is decoded at every step count
 (steps=0 is the context decoder's x_base). Also reports the seam ratio of the windows
 (`diffusion.windows.seam_ratio`, ~1 = no visible window edges). Decode time excludes the first
 (compiling) decode of each step count and covers the whole of `api.decompress`.
@@ -35,38 +38,50 @@ def main(argv=None):
     ap.add_argument("--model")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "kodak"))
     ap.add_argument("--limit", type=int)
-    ap.add_argument("--level", type=int, default=1)
+    target = ap.add_mutually_exclusive_group()
+    target.add_argument("--level", type=int)
+    target.add_argument("--ratio", type=float, help="compression ratio against 24-bit RGB")
     ap.add_argument("--steps", nargs="+", type=int, default=[0, 1, 2, 4, 8])
     ap.add_argument("--metrics", nargs="+", default=["psnr", "lpips_alex", "dists"], choices=metrics.ALL)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eta", type=float, help="DDIM eta (default: the model's)")
+    ap.add_argument("--t-start", type=float, help="DDIM start time (default: the model's)")
     ap.add_argument("--out", default=str(ROOT / "outputs" / "ablate_steps.json"))
     args = ap.parse_args(argv)
     rt = api.load(args.model)
     files = list_images(args.data)[: args.limit]
     images = [read_image(f, notices=[]) for f in files]
-    coded = [api.compress(im, rt, level=args.level).data for im in images]
+    if args.ratio is None and args.level is None:
+        args.level = 1
+    coded = [api.compress(im, rt, level=args.level, ratio=args.ratio).data for im in images]
     bpp = float(np.mean([8 * len(d) / (im.shape[0] * im.shape[1]) for d, im in zip(coded, images)]))
     rows = []
     for steps in args.steps:
-        api.decompress(coded[0], rt, steps=steps, seed=args.seed)          # compile
+        decode = dict(steps=steps, seed=args.seed, eta=args.eta, t_start=args.t_start)
+        api.decompress(coded[0], rt, **decode)                              # compile
         seconds, values, seams = 0.0, {m: [] for m in args.metrics}, []
         for im, data in zip(images, coded):
             t = time.perf_counter()
-            out = api.decompress(data, rt, steps=steps, seed=args.seed)
+            out = api.decompress(data, rt, **decode)
             seconds += time.perf_counter() - t
             for m, v in metrics.evaluate(im, out, args.metrics).items():
                 values[m].append(float(v[0]))
             plan = windows.plan(*bitstream.latent_shape(*im.shape[:2]), rt.cfg)
             seams.append(windows.seam_ratio(out, plan))
         mp = sum(im.shape[0] * im.shape[1] for im in images) / 1e6
-        rows.append({"steps": steps, "bpp": bpp, "s_per_mp": seconds / mp,
+        rows.append({"steps": steps, "eta": args.eta, "t_start": args.t_start, "bpp": bpp,
+                     "s_per_mp": seconds / mp,
                      "seam_ratio": float(np.nanmean(seams)) if not np.isnan(seams).all() else None,
                      **{m: float(np.mean(v)) for m, v in values.items()}})
         print(json.dumps(rows[-1]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"data": args.data, "images": [f.name for f in files],
-                                          "level": args.level, "rows": rows}, indent=2))
-    print(f"\n{len(files)} images from {args.data}, level {args.level} ({bpp:.3f} bpp), seed {args.seed}")
+                                          "level": args.level, "ratio": args.ratio, "rows": rows},
+                                         indent=2))
+    target = f"level {args.level}" if args.ratio is None else f"ratio {args.ratio:g}"
+    print(f"\n{len(files)} images from {args.data}, {target} ({bpp:.3f} bpp), seed {args.seed}, "
+          f"eta {args.eta if args.eta is not None else rt.cfg.diffusion.eta}, t_start "
+          f"{args.t_start if args.t_start is not None else rt.cfg.diffusion.t_start}")
     print("| steps | " + " | ".join(args.metrics) + " | seam ratio | decode s/MP |")
     print("|---|" + "---|" * (len(args.metrics) + 2))
     for r in rows:

@@ -6,7 +6,8 @@ U-Net, or the codec alone), per preset and device count, with compile time and p
 
 Each (preset, devices) runs in its own process (simulated CPU devices via XLA_FLAGS when the
 backend is the CPU). The step is the one train/train_codec.py runs (`pcdc_jax.training`), on the
-preset's batch of random crops (speed does not depend on content), past diffusion_start_step so the
+preset's batch of random crops (rounded up to a multiple of the devices; speed does not depend on
+content), past diffusion_start_step so the
 U-Net is trained; weights are freshly initialised. Times exclude the first (compiling) step.
 """
 from __future__ import annotations
@@ -32,8 +33,10 @@ def child(preset: str, devices: int, modes, steps: int) -> None:
     from pcdc_jax import config, training
 
     for mode in modes:
-        cfg = config.preset(preset).override(
-            ["train.diffusion_start_step=0"] + (["train.diffusion_weight=0"] if mode == "codec" else []))
+        cfg = config.preset(preset)
+        batch = -(-cfg.train.batch_size // devices) * devices          # a multiple of the devices
+        cfg = cfg.override([f"train.batch_size={batch}", "train.diffusion_start_step=0"]
+                           + (["train.diffusion_weight=0"] if mode == "codec" else []))
         tc = cfg.train
         mesh = parallel.make_mesh(devices)
         state = parallel.replicate(training.init_state(cfg, jax.random.PRNGKey(0)), mesh)
@@ -77,9 +80,8 @@ def main(argv=None):
             cmd = [sys.executable, __file__, "--child", preset, str(d), "--steps", str(args.steps),
                    "--modes", *args.modes]
             out = subprocess.run(cmd, env=parallel.simulated_devices_env(d), check=True,
-                                 capture_output=True, text=True).stdout
+                                 stdout=subprocess.PIPE, text=True).stdout
             rows += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-            print(*out.splitlines(), sep="\n", file=sys.stderr)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
     print("| preset | step | devices | batch x crop | params M (codec + U-Net) | s/step | images/s | "

@@ -176,11 +176,13 @@ class Runtime:
         return symbols, mu
 
     def synthesize(self, y_hat: np.ndarray, levels: np.ndarray, height: int, width: int, *,
-                   steps: int = 0, seed: int = 0, eta: float | None = None, batch: int | None = None,
+                   steps: int = 0, seed: int = 0, eta: float | None = None,
+                   t_start: float | None = None, batch: int | None = None,
                    devices: int | None = None) -> np.ndarray:
         """y_hat [h, w, M] -> uint8 image [height, width, 3]: x_base (steps=0, the context
         decoder) or DDIM with the diffusion U-Net, through windows sharded over the devices."""
-        x = self.decoder(devices).decode(y_hat, levels, steps=steps, seed=seed, eta=eta, batch=batch)
+        x = self.decoder(devices).decode(y_hat, levels, steps=steps, seed=seed, eta=eta,
+                                         t_start=t_start, batch=batch)
         return to_uint8(x[:height, :width])
 
 
@@ -252,12 +254,14 @@ def compress(image: np.ndarray, runtime: Runtime, *, level: int | None = None,
 
 
 def decompress(data: bytes, runtime: Runtime, *, steps: int | None = None, seed: int = 0,
-               eta: float | None = None, batch: int | None = None,
+               eta: float | None = None, t_start: float | None = None, batch: int | None = None,
                devices: int | None = None) -> np.ndarray:
     """.pcdc bytes -> uint8 [H, W, 3].
 
     steps: DDIM steps of the diffusion decoder (default: the model's; 0 gives the context
     decoder's x_base). seed: noise seed (same seed, same image on any device count and batch).
+    eta, t_start: DDIM's eta and start time (default: the model's; t_start < 1 refines x_base
+    noised to that time instead of sampling from pure noise)
     batch: windows per sampling call; devices: how many local devices to shard them over.
     """
     steps = runtime.default_steps if steps is None else steps
@@ -266,13 +270,14 @@ def decompress(data: bytes, runtime: Runtime, *, steps: int | None = None, seed:
     c = runtime.parse(data)
     symbols, mu = runtime.decode_latent(c)
     return runtime.synthesize(runtime.dequantize(symbols, mu, c.levels), c.levels, c.height, c.width,
-                              steps=steps, seed=seed, eta=eta, batch=batch, devices=devices)
+                              steps=steps, seed=seed, eta=eta, t_start=t_start, batch=batch,
+                              devices=devices)
 
 
 def reconstruct(an: Analysis, levels: np.ndarray, runtime: Runtime, **decode) -> np.ndarray:
     """What the model decodes without entropy coding, from the analysis at a level map.
 
-    `decode`: steps, seed, eta, batch, devices as in `decompress` (default steps=0: x_base).
+    `decode`: steps, seed, eta, t_start, batch, devices as in `decompress` (default steps=0: x_base).
     """
     levels = np.asarray(levels, np.uint8)
     y_hat = runtime.dequantize(runtime.selected_symbols(an, levels), an.mu, levels)

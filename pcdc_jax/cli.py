@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="noise seed (default 0); the image does not "
                    "depend on --devices or --batch")
     d.add_argument("--eta", type=float, help="DDIM eta (default: the model's, 0 = deterministic)")
+    d.add_argument("--t-start", type=float, help="DDIM start time in (0, 1] (default: the model's; "
+                   "below 1 refines the base image noised to that time)")
     d.add_argument("--devices", type=int, help="local devices to shard windows over (default: all)")
     d.add_argument("--batch", type=int, help="windows per sampling call (rounded up to the devices)")
     d.add_argument("--reference", help="original image: also print PSNR against it")
@@ -109,8 +111,8 @@ def _decompress(args) -> int:
     rt = api.load(args.model)
     steps = rt.default_steps if args.steps is None else args.steps
     t0 = time.time()
-    image = api.decompress(data, rt, steps=steps, seed=args.seed, eta=args.eta, batch=args.batch,
-                           devices=args.devices)
+    image = api.decompress(data, rt, steps=steps, seed=args.seed, eta=args.eta, t_start=args.t_start,
+                           batch=args.batch, devices=args.devices)
     dt = time.time() - t0
     write_image(args.output, image)
     h, w = image.shape[:2]

@@ -7,6 +7,7 @@ steps ahead, so the devices do not wait for the host.
 """
 from __future__ import annotations
 
+import argparse
 import collections
 import concurrent.futures
 import json
@@ -19,8 +20,58 @@ from tqdm import tqdm
 
 from pcdc_jax import checkpoint, parallel
 from pcdc_jax.config import Config
+from pcdc_jax.data.datasets import FolderDataset
 
 PREFETCH = 2
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The command-line arguments every train/ script shares: data, run, devices, processes."""
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", nargs="+", help="image folders (recursive; png, jpg, tif, webp)")
+    src.add_argument("--tfds", metavar="NAME", help="a prepared TFDS dataset, e.g. div2k")
+    ap.add_argument("--data-dir", help="TFDS data directory (default: TFDS's own)")
+    ap.add_argument("--split", default="train", help="TFDS split")
+    ap.add_argument("--run", required=True, help="run directory (checkpoints, metrics.jsonl)")
+    ap.add_argument("--steps", type=int, help="stop after this many total steps")
+    ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    ap.add_argument("--export", help="write a model directory (inference + config) at the end")
+    ap.add_argument("--devices", type=int, help="number of local devices (default: all)")
+    ap.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: process 0's address")
+    ap.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    ap.add_argument("--process-id", type=int, help="multi-host: this process's index")
+    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="config overrides, e.g. train.lmbda=0.02")
+
+
+def start(ap: argparse.ArgumentParser, args) -> None:
+    """Joins the other processes of a multi-host run (a usage error if the flags do not fit)."""
+    if args.export and (args.num_processes or 1) > 1:
+        ap.error("--export is single-process; export a multi-host run with train/export_model.py")
+    try:
+        parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as e:
+        ap.error(str(e))
+
+
+def mesh_for(ap: argparse.ArgumentParser, args, cfg: Config):
+    """The data-parallel mesh of --devices, checked against the batch size."""
+    try:
+        mesh = parallel.make_mesh(args.devices)
+        local_batch_size(cfg)
+    except ValueError as e:
+        ap.error(str(e))
+    return mesh
+
+
+def open_dataset(args, cfg: Config):
+    """This process's shard of --data folders or the --tfds dataset, cropped to train.crop_size."""
+    tc = cfg.train
+    shard = dict(seed=tc.seed, process_index=jax.process_index(), process_count=jax.process_count())
+    if args.tfds:
+        from pcdc_jax.data.tfds_source import TfdsDataset
+        return TfdsDataset(args.tfds, tc.crop_size, data_dir=args.data_dir, split=args.split, **shard)
+    return FolderDataset(args.data, tc.crop_size, **shard)
 
 
 def root_key(cfg: Config) -> jax.Array:

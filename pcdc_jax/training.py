@@ -5,8 +5,10 @@ loss = w_rate(step) * bpp + sum_levels lambda(level) * MSE(x_base)             (
 
 The diffusion loss (x0 loss with truncated-SNR weights, optional LPIPS) is computed on x_base and
 the context features of the same forward pass, so its gradient reaches the codec as well as the
-U-Net. Before `diffusion_start_step` the U-Net branch is skipped (`lax.cond`), so the codec's
-warm-up costs what codec-only training costs. With `train.diffusion_weight == 0` there is no U-Net.
+U-Net. Before `diffusion_start_step` the diffusion loss is computed (and logged) but weighted 0,
+so neither the U-Net nor the codec learns from it. (A `lax.cond` that skips it instead made the
+whole step 8x slower on CPU: `eval/bench_train.py`, BENCHMARKS.md.) With
+`train.diffusion_weight == 0` there is no U-Net.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import optax
 from pcdc_jax import checkpoint
 from pcdc_jax.codec import entropy_coding
 from pcdc_jax.codec.model import Codec
-from pcdc_jax.codec.training import codec_loss, make_optimizer, random_levels
+from pcdc_jax.codec.training import apply_gradients, codec_loss, make_optimizer, random_levels
 from pcdc_jax.config import Config
 from pcdc_jax.diffusion import training as diffusion_training
 from pcdc_jax.diffusion.unet import feature_channels, init_params
@@ -86,14 +88,10 @@ def loss_fn(params, x, levels, key, step, cfg: Config, lpips_params=None):
     out = Codec(cfg.codec).apply({"params": params["codec"]}, x, levels, kc)
     loss, metrics = codec_loss(out, x, levels, step, cfg)
     if "unet" in params:
-        def diffusion(args):
-            return diffusion_training.loss_fn(params["unet"], x, *args, kd, cfg, lpips_params)
-
-        args = (out["x_base"], out["features"])
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(diffusion, args))
-        on = step >= cfg.train.diffusion_start_step
-        d_loss, d_metrics = jax.lax.cond(on, diffusion, lambda _: zeros, args)
-        loss = loss + cfg.train.diffusion_weight * d_loss
+        d_loss, d_metrics = diffusion_training.loss_fn(params["unet"], x, out["x_base"], out["features"],
+                                                       kd, cfg, lpips_params)
+        on = (step >= cfg.train.diffusion_start_step).astype(jnp.float32)
+        loss = loss + on * cfg.train.diffusion_weight * d_loss
         d_metrics["loss_diffusion"] = d_metrics.pop("loss")
         metrics.update(d_metrics)
     metrics["loss"] = loss
@@ -107,9 +105,8 @@ def train_step(state: TrainState, x: jax.Array, key: jax.Array, lpips_params=Non
     levels = random_levels(kl, b, h // 16, w // 16, cfg.codec.num_levels)
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, x, levels, kn, state.step, cfg,
                                                      lpips_params)
-    updates, opt_state = make_optimizer(cfg.train).update(grads, state.opt_state, state.params)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
+    return apply_gradients(state, grads, cfg.train), metrics
 
 
 def jit_train_step(cfg: Config):

@@ -22,37 +22,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 
 from pcdc_jax import checkpoint, config, parallel, trainer, training  # noqa: E402
-from pcdc_jax.data.datasets import FolderDataset  # noqa: E402
 from pcdc_jax.metrics import weights  # noqa: E402
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu", choices=sorted(config.PRESETS))
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", nargs="+", help="image folders (recursive; png, jpg, tif, webp)")
-    src.add_argument("--tfds", metavar="NAME", help="a prepared TFDS dataset, e.g. div2k")
-    ap.add_argument("--data-dir", help="TFDS data directory (default: TFDS's own)")
-    ap.add_argument("--split", default="train", help="TFDS split")
-    ap.add_argument("--run", required=True, help="run directory (checkpoints, metrics.jsonl)")
-    ap.add_argument("--steps", type=int, help="stop after this many total steps")
-    ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     ap.add_argument("--init-from", metavar="MODEL_DIR",
                     help="start from this model's weights (codec, and U-Net if it has one; fresh "
                          "optimizer and schedule); its codec config replaces the preset's")
-    ap.add_argument("--export", help="write a model directory (inference + config) at the end")
-    ap.add_argument("--devices", type=int, help="number of local devices (default: all)")
-    ap.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: process 0's address")
-    ap.add_argument("--num-processes", type=int, help="multi-host: number of processes")
-    ap.add_argument("--process-id", type=int, help="multi-host: this process's index")
-    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE")
+    trainer.add_arguments(ap)
     args = ap.parse_args(argv)
-    if args.export and (args.num_processes or 1) > 1:
-        ap.error("--export is single-process; export a multi-host run with train/export_model.py")
-    try:
-        parallel.initialize(args.coordinator, args.num_processes, args.process_id)
-    except ValueError as e:
-        ap.error(str(e))
+    trainer.start(ap, args)
 
     run = Path(args.run)
     cfg = config.preset(args.preset).override(args.set)
@@ -70,14 +51,11 @@ def main(argv=None):
         unet_ok = init.unet is None or not training.has_unet(cfg) or training.same_shapes(
             init.unet, training.abstract_state(cfg).params["unet"])
         if cfg.codec != init.cfg.codec or not unet_ok:
-            ap.error("--init-from: codec.* or diffusion.* overrides would change the loaded model's architecture")
+            ap.error("--init-from: codec.* or diffusion.* overrides would change the loaded "
+                     "model's architecture")
     tc = cfg.train
     total = tc.total_steps if args.steps is None else args.steps
-    try:
-        mesh = parallel.make_mesh(args.devices)
-        trainer.local_batch_size(cfg)
-    except ValueError as e:
-        ap.error(str(e))
+    mesh = trainer.mesh_for(ap, args, cfg)
     key = jax.random.fold_in(trainer.root_key(cfg), 0)
     if init is not None:
         state = training.init_state(cfg, key, init.params, init.unet)
@@ -88,12 +66,7 @@ def main(argv=None):
     if resuming:
         state = checkpoint.restore_state(mngr, state)
         print(f"resumed from step {int(state.step)}", file=sys.stderr)
-    shard = dict(seed=tc.seed, process_index=jax.process_index(), process_count=jax.process_count())
-    if args.tfds:
-        from pcdc_jax.data.tfds_source import TfdsDataset
-        data = TfdsDataset(args.tfds, tc.crop_size, data_dir=args.data_dir, split=args.split, **shard)
-    else:
-        data = FolderDataset(args.data, tc.crop_size, **shard)
+    data = trainer.open_dataset(args, cfg)
     lpips = None
     if training.has_unet(cfg) and cfg.diffusion.lpips_weight > 0:
         lpips = parallel.replicate(weights.load("alex"), mesh)

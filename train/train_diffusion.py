@@ -4,7 +4,9 @@
       --run runs/unet_small [--steps N] [--resume] [--export DIR] [--set diffusion.lpips_weight=0.1 ...]
 
 The codec (weights, tables, codec config) comes from --model and is not changed; the exported
-model directory is that codec plus the trained U-Net and the run's diffusion config.
+model directory is that codec plus the trained U-Net and the run's diffusion config. Data,
+devices and multi-host flags as train/train_codec.py; only diffusion.* and train.* overrides
+make sense (codec.* would not match the model).
 """
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 
 from pcdc_jax import checkpoint, parallel, trainer  # noqa: E402
-from pcdc_jax.data.datasets import FolderDataset  # noqa: E402
 from pcdc_jax.diffusion import training  # noqa: E402
 from pcdc_jax.metrics import weights  # noqa: E402
 
@@ -25,15 +26,9 @@ from pcdc_jax.metrics import weights  # noqa: E402
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="model directory with the (frozen) codec")
-    ap.add_argument("--data", nargs="+", required=True, help="image folders (recursive)")
-    ap.add_argument("--run", required=True, help="run directory (checkpoints, metrics.jsonl)")
-    ap.add_argument("--steps", type=int, help="stop after this many total steps")
-    ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    ap.add_argument("--export", help="write a model directory (codec + U-Net) at the end")
-    ap.add_argument("--devices", type=int, help="number of local devices (default: all)")
-    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
-                    help="diffusion.* and train.* overrides (codec.* would not match the model)")
+    trainer.add_arguments(ap)
     args = ap.parse_args(argv)
+    trainer.start(ap, args)
 
     model = checkpoint.load_model(args.model)
     run = Path(args.run)
@@ -46,7 +41,7 @@ def main(argv=None):
         ap.error("the run's codec config differs from --model's")
     tc = cfg.train
     total = tc.total_steps if args.steps is None else args.steps
-    mesh = parallel.make_mesh(args.devices)
+    mesh = trainer.mesh_for(ap, args, cfg)
     root = trainer.root_key(cfg)
     state = parallel.replicate(training.init_state(cfg, jax.random.fold_in(root, 0)), mesh)
     if resuming:
@@ -54,11 +49,11 @@ def main(argv=None):
         print(f"resumed from step {int(state.step)}", file=sys.stderr)
     codec_params = parallel.replicate(model.params, mesh)
     lpips_params = parallel.replicate(weights.load("alex"), mesh) if cfg.diffusion.lpips_weight > 0 else None
-    data = FolderDataset(args.data, tc.crop_size, seed=tc.seed)
+    data = trainer.open_dataset(args, cfg)
     state = trainer.fit(training.jit_train_step(cfg), state, data, cfg=cfg, mesh=mesh, mngr=mngr,
                         run_dir=run, total=total, extra_args=(codec_params, lpips_params),
                         show=("loss", "psnr_x0"))
-    if args.export:
+    if args.export and parallel.is_primary():
         checkpoint.export_model(args.export, cfg, model.params, model.tables, step=int(state.step),
                                 unet=jax.device_get(state.params))
         print(f"exported model to {args.export}", file=sys.stderr)

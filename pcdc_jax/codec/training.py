@@ -18,6 +18,13 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(tc.grad_clip), optax.adam(schedule))
 
 
+def apply_gradients(state, grads, tc: TrainConfig):
+    """A (step, params, opt_state) NamedTuple after one optimizer step with `grads`."""
+    updates, opt_state = make_optimizer(tc).update(grads, state.opt_state, state.params)
+    return state._replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state)
+
+
 def random_levels(key, batch: int, h: int, w: int, num_levels: int) -> jax.Array:
     """Independent uniform level per block, so every level is learned."""
     return jax.random.randint(key, (batch, h, w), 0, num_levels)

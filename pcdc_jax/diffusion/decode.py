@@ -42,10 +42,10 @@ class WindowDecoder:
     def has_diffusion(self) -> bool:
         return self.unet_params is not None
 
-    def _fn(self, crop_sizes, steps: int, eta: float):
-        key = (crop_sizes, steps, eta)
+    def _fn(self, crop_sizes, steps: int, eta: float, t_start: float):
+        key = (crop_sizes, steps, eta, t_start)
         if key not in self._fns:
-            inner = sampler.window_sampler(self.cfg, crop_sizes, steps, eta, self.mesh)
+            inner = sampler.window_sampler(self.cfg, crop_sizes, steps, eta, self.mesh, t_start)
 
             def counted(*args):
                 self.traces += 1          # runs once per trace, i.e. per compilation
@@ -63,19 +63,24 @@ class WindowDecoder:
         return math.ceil(b / self.num_devices) * self.num_devices
 
     def decode(self, y_hat: np.ndarray, levels: np.ndarray, *, steps: int = 0, seed: int = 0,
-               eta: float | None = None, batch: int | None = None) -> np.ndarray:
+               eta: float | None = None, t_start: float | None = None,
+               batch: int | None = None) -> np.ndarray:
         """y_hat float32 [hl, wl, M], levels [hl, wl] -> float32 canvas [16 hl, 16 wl, 3].
 
         steps=0 is the context decoder's x_base (windows placed without blending, exact);
-        steps>0 runs DDIM with the U-Net and blends overlapping windows.
+        steps>0 runs DDIM with the U-Net from t_start and blends overlapping windows; eta and
+        t_start default to the model's.
         """
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         if steps > 0 and not self.has_diffusion:
             raise ValueError("this model has no diffusion decoder (U-Net); decode with steps=0")
         eta = self.cfg.diffusion.eta if eta is None else float(eta)
+        t_start = self.cfg.diffusion.t_start if t_start is None else float(t_start)
+        if not 0.0 < t_start <= 1.0:
+            raise ValueError(f"t_start must be in (0, 1], got {t_start}")
         p = windows.plan(*levels.shape, self.cfg)
-        fn = self._fn(p.crop_sizes, steps, eta)
+        fn = self._fn(p.crop_sizes, steps, eta, t_start)
         b = self.batch_size(batch)
         blender = windows.Blender(p, hard=steps == 0)
         seed_arr = np.int32(seed)

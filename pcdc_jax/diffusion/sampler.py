@@ -82,11 +82,13 @@ def _slice(h: jax.Array, offsets: jax.Array, size: tuple[int, int], factor: int)
         a, (o[0] * factor, o[1] * factor, 0), (sy, sx, a.shape[-1])))(h, offsets)
 
 
-def window_sampler(cfg: Config, crop_sizes, steps: int, eta: float, mesh: Mesh | None = None):
+def window_sampler(cfg: Config, crop_sizes, steps: int, eta: float, mesh: Mesh | None = None,
+                   t_start: float | None = None):
     """-> fn(codec_params, unet_params, y, levels, starts, seed) -> windows [B, Sy, Sx, 3] float32.
 
     y [B, ny, nx, M] and levels [B, ny, nx] are the input crops of `windows.plan` (crop_sizes[0]),
-    starts [B, 6, 2] their `plan.starts`, seed an int32 scalar. steps=0 returns x_base.
+    starts [B, 6, 2] their `plan.starts`, seed an int32 scalar. steps=0 returns x_base. DDIM runs
+    from t_start (default: the config's).
 
     With a mesh, the batch is split over its data axis (shard_map). Each device decodes its
     windows one after another (`lax.map`): XLA's CPU convolutions give results that depend on
@@ -118,7 +120,7 @@ def window_sampler(cfg: Config, crop_sizes, steps: int, eta: float, mesh: Mesh |
         def noise(i):
             return block_noise(jax.random.fold_in(key, i), starts[0, 5], win)[None]
 
-        r = ddim(denoise, noise, steps, eta, d.schedule, d.t_start)
+        r = ddim(denoise, noise, steps, eta, d.schedule, d.t_start if t_start is None else t_start)
         return (x_base + d.residual_scale * r)[0]
 
     def local(codec_params, unet_params, y, levels, starts, seed):

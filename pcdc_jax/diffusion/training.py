@@ -16,7 +16,7 @@ import optax
 
 from pcdc_jax.codec import quantize as q
 from pcdc_jax.codec.model import Codec
-from pcdc_jax.codec.training import make_optimizer, random_levels
+from pcdc_jax.codec.training import apply_gradients, make_optimizer, random_levels
 from pcdc_jax.config import Config
 from pcdc_jax.diffusion import schedule
 from pcdc_jax.diffusion.unet import UNet, feature_channels, init_params
@@ -52,14 +52,15 @@ def condition(codec_params, x: jax.Array, levels: jax.Array, cfg: Config):
 def loss_fn(unet_params, x, x_base, features, key, cfg: Config, lpips_params=None):
     """Returns (loss, metrics) for clean images x [B, H, W, 3] in [0, 1].
 
-    r0 = (x - x_base) / residual_scale; r_t = sqrt(ab) r0 + sqrt(1 - ab) eps with t ~ U(0, 1);
+    r0 = (x - x_base) / residual_scale; r_t = sqrt(ab) r0 + sqrt(1 - ab) eps with
+    t ~ U(0, t_start) (the times the sampler visits);
     loss = mean_b clip(SNR(t_b), snr_min, snr_max) * mean((r0_hat - r0)^2)
            + lpips_weight * LPIPS_alex(x_base + residual_scale * r0_hat, x).
     """
     d = cfg.diffusion
     kt, ke = jax.random.split(key)
     b = x.shape[0]
-    t = jax.random.uniform(kt, (b,))
+    t = d.t_start * jax.random.uniform(kt, (b,))
     ab = schedule.alpha_bar(t, d.schedule)[:, None, None, None]
     r0 = (x - x_base) / d.residual_scale
     # The noised input is data, as x_t is in CDC: in joint training no gradient reaches the codec
@@ -95,9 +96,8 @@ def train_step(state: DiffusionState, x: jax.Array, key: jax.Array, codec_params
     x_base, features = jax.lax.stop_gradient(condition(codec_params, x, levels, cfg))
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, x, x_base, features, kn, cfg,
                                                      lpips_params)
-    updates, opt_state = make_optimizer(cfg.train).update(grads, state.opt_state, state.params)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    return DiffusionState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
+    return apply_gradients(state, grads, cfg.train), metrics
 
 
 def jit_train_step(cfg: Config):
