@@ -6,6 +6,8 @@ feeds only its own slice of the global batch (`shard_batch`).
 """
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -68,7 +70,6 @@ def shard_batch(x, mesh: Mesh):
 def simulated_devices_env(n: int, env: dict | None = None) -> dict:
     """A copy of `env` (default os.environ) for a child process that sees n CPU devices
     (XLA_FLAGS); on accelerator backends the flag only affects the host platform."""
-    import os
     env = dict(os.environ if env is None else env)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}").strip()
     return env

@@ -64,14 +64,18 @@ def mesh_for(ap: argparse.ArgumentParser, args, cfg: Config):
     return mesh
 
 
-def open_dataset(args, cfg: Config):
-    """This process's shard of --data folders or the --tfds dataset, cropped to train.crop_size."""
+def open_dataset(ap: argparse.ArgumentParser, args, cfg: Config):
+    """This process's shard of --data folders or the --tfds dataset, cropped to train.crop_size
+    (a one-line error when there is nothing usable to read)."""
     tc = cfg.train
     shard = dict(seed=tc.seed, process_index=jax.process_index(), process_count=jax.process_count())
-    if args.tfds:
-        from pcdc_jax.data.tfds_source import TfdsDataset
-        return TfdsDataset(args.tfds, tc.crop_size, data_dir=args.data_dir, split=args.split, **shard)
-    return FolderDataset(args.data, tc.crop_size, **shard)
+    try:
+        if args.tfds:
+            from pcdc_jax.data.tfds_source import TfdsDataset
+            return TfdsDataset(args.tfds, tc.crop_size, data_dir=args.data_dir, split=args.split, **shard)
+        return FolderDataset(args.data, tc.crop_size, **shard)
+    except (FileNotFoundError, ValueError) as e:
+        ap.error(str(e))
 
 
 def root_key(cfg: Config) -> jax.Array:

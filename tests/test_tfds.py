@@ -126,3 +126,13 @@ def test_package_import_does_not_load_tfds():
     code = ("import sys, pcdc_jax.data.datasets, pcdc_jax.data.tfds_source; "
             "assert 'tensorflow_datasets' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_train_script_reports_an_unprepared_dataset_in_one_line(tmp_path):
+    from tests.conftest import ROOT
+    r = subprocess.run([sys.executable, "train/train_codec.py", "--preset", "tiny", "--tfds", "div2k",
+                        "--data-dir", str(tmp_path / "none"), "--run", str(tmp_path / "run")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("train_codec.py: error: TFDS dataset 'div2k' is not prepared")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -56,6 +56,7 @@ def main(argv=None):
     tc = cfg.train
     total = tc.total_steps if args.steps is None else args.steps
     mesh = trainer.mesh_for(ap, args, cfg)
+    data = trainer.open_dataset(ap, args, cfg)          # before the (slow) model set-up
     key = jax.random.fold_in(trainer.root_key(cfg), 0)
     if init is not None:
         state = training.init_state(cfg, key, init.params, init.unet)
@@ -66,7 +67,6 @@ def main(argv=None):
     if resuming:
         state = checkpoint.restore_state(mngr, state)
         print(f"resumed from step {int(state.step)}", file=sys.stderr)
-    data = trainer.open_dataset(args, cfg)
     lpips = None
     if training.has_unet(cfg) and cfg.diffusion.lpips_weight > 0:
         lpips = parallel.replicate(weights.load("alex"), mesh)

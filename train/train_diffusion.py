@@ -42,6 +42,7 @@ def main(argv=None):
     tc = cfg.train
     total = tc.total_steps if args.steps is None else args.steps
     mesh = trainer.mesh_for(ap, args, cfg)
+    data = trainer.open_dataset(ap, args, cfg)          # before the (slow) model set-up
     root = trainer.root_key(cfg)
     state = parallel.replicate(training.init_state(cfg, jax.random.fold_in(root, 0)), mesh)
     if resuming:
@@ -49,7 +50,6 @@ def main(argv=None):
         print(f"resumed from step {int(state.step)}", file=sys.stderr)
     codec_params = parallel.replicate(model.params, mesh)
     lpips_params = parallel.replicate(weights.load("alex"), mesh) if cfg.diffusion.lpips_weight > 0 else None
-    data = trainer.open_dataset(args, cfg)
     state = trainer.fit(training.jit_train_step(cfg), state, data, cfg=cfg, mesh=mesh, mngr=mngr,
                         run_dir=run, total=total, extra_args=(codec_params, lpips_params),
                         show=("loss", "psnr_x0"))
