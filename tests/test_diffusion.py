@@ -205,6 +205,33 @@ def test_diffusion_loss_falls(tiny_model_dir):
     assert float(eval_loss(state.params)) < 0.8 * before
 
 
+def test_start_fraction_trains_on_the_samplers_first_input(monkeypatch):
+    """With start_fraction=1 every image is trained at t_start on x_base noised without the
+    residual (what a truncated sampler starts from); with 0, the input carries the residual."""
+    seen = []
+
+    class Probe:
+        def __init__(self, d):
+            pass
+
+        def apply(self, variables, r_t, t, x_base, features):
+            seen.append((np.asarray(r_t), np.asarray(t)))
+            return jnp.zeros_like(r_t)
+
+    monkeypatch.setattr(training, "UNet", Probe)
+    x_base = jnp.full((2, 16, 16, 3), 0.5)
+    key = jax.random.PRNGKey(0)
+    for fraction in (1.0, 0.0):
+        cfg = config.tiny().override([f"diffusion.start_fraction={fraction}", "diffusion.t_start=0.4"])
+        for x in (x_base + 0.05, x_base - 0.05):
+            training.loss_fn(None, x, x_base, {}, key, cfg)
+    (a, ta), (b, tb), (c, tc), (d, td) = seen
+    np.testing.assert_allclose(ta, [0.4, 0.4], rtol=1e-6)
+    np.testing.assert_array_equal(a, b)                   # no residual in the input
+    assert a.std() == pytest.approx(np.sqrt(1 - float(schedule.alpha_bar(0.4))), rel=0.1)
+    assert (tc < 0.4).all() and not np.array_equal(c, d)   # ordinary training: it is there
+
+
 def test_train_script_exports_a_model_that_decodes(tmp_path, tiny_model_dir, coffee):
     sys.path.insert(0, str(ROOT / "train"))
     import train_diffusion

@@ -53,20 +53,24 @@ def loss_fn(unet_params, x, x_base, features, key, cfg: Config, lpips_params=Non
     """Returns (loss, metrics) for clean images x [B, H, W, 3] in [0, 1].
 
     r0 = (x - x_base) / residual_scale; r_t = sqrt(ab) r0 + sqrt(1 - ab) eps with
-    t ~ U(0, t_start) (the times the sampler visits);
+    t ~ U(0, t_start) (the times the sampler visits), except for a `start_fraction` of the images,
+    which get exactly the sampler's first input: t = t_start and r_t = sqrt(1 - ab) eps, without
+    the residual's signal (that is x_base noised to t_start; with t_start < 1 the ordinary
+    input at t_start still holds sqrt(ab) r0, which the sampler never has);
     loss = mean_b clip(SNR(t_b), snr_min, snr_max) * mean((r0_hat - r0)^2)
            + lpips_weight * LPIPS_alex(x_base + residual_scale * r0_hat, x).
     """
     d = cfg.diffusion
-    kt, ke = jax.random.split(key)
+    kt, ke, ks = jax.random.split(key, 3)
     b = x.shape[0]
-    t = d.t_start * jax.random.uniform(kt, (b,))
+    start = jax.random.uniform(ks, (b,)) < d.start_fraction
+    t = jnp.where(start, d.t_start, d.t_start * jax.random.uniform(kt, (b,)))
     ab = schedule.alpha_bar(t, d.schedule)[:, None, None, None]
     r0 = (x - x_base) / d.residual_scale
+    signal = jnp.where(start[:, None, None, None], 0.0, jnp.sqrt(ab))
     # The noised input is data, as x_t is in CDC: in joint training no gradient reaches the codec
     # through it (the loss's own x0 error still does).
-    r_t = (jnp.sqrt(ab) * jax.lax.stop_gradient(r0)
-           + jnp.sqrt(1.0 - ab) * jax.random.normal(ke, r0.shape))
+    r_t = signal * jax.lax.stop_gradient(r0) + jnp.sqrt(1.0 - ab) * jax.random.normal(ke, r0.shape)
     r0_hat = UNet(d).apply({"params": unet_params}, r_t, t, x_base, features)
     per_image = jnp.mean(jnp.square(r0_hat - r0), axis=(1, 2, 3))
     weight = jnp.clip(schedule.snr(t, d.schedule), d.snr_min, d.snr_max)
