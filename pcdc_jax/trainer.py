@@ -94,17 +94,12 @@ def local_batch_size(cfg: Config) -> int:
 def prefetch(load: Callable[[int], Any], steps: range, depth: int = PREFETCH) -> Iterator[Any]:
     """Yields load(s) for s in steps, computing up to `depth` of them ahead on one worker thread."""
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prefetch") as ex:
-        pending = collections.deque()
-        it = iter(steps)
-        for s in it:
+        pending = collections.deque(ex.submit(load, s) for s in steps[:depth])
+        for s in steps[depth:]:
             pending.append(ex.submit(load, s))
-            if len(pending) > depth:
-                break
+            yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-            for s in it:
-                pending.append(ex.submit(load, s))
-                break
 
 
 class _Log:
