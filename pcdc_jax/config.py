@@ -110,9 +110,13 @@ class DiffusionConfig:
     # starts from x_base noised to t_start (1: from pure noise; below 1, a truncated diffusion
     # that refines x_base and spends the U-Net's capacity on the noise levels it meets).
     t_start: float = 1.0
-    # Fraction of each training batch given exactly the sampler's first input (x_base noised to
-    # t_start, no residual signal), so the first step of a truncated diffusion is in-distribution.
-    start_fraction: float = 0.0
+    # Sampler-in-the-loop training: a `chain_fraction` of each batch gets, instead of the residual
+    # noised to a random t, the state the `chain_steps`-step DDIM sampler itself reaches at one of
+    # its times (step k ~ U{0..chain_steps-1}, run with the current U-Net, no gradient), so every
+    # step the sampler takes, the last one included, is trained on the inputs it will meet.
+    # chain_steps=1 is the sampler's first input alone: x_base noised to t_start, no residual.
+    chain_fraction: float = 0.0
+    chain_steps: int = 16
     window: int = 256                   # sampling window side in pixels (multiple of 16)
     overlap: int = 64                   # overlap of neighbouring windows in pixels (multiple of 16)
     window_batch: int = 8               # windows per sampling call (rounded up to the device count)
@@ -128,8 +132,10 @@ class DiffusionConfig:
                              "of 16 with 0 <= overlap < window")
         if len(self.unet_channels) != 4:
             raise ValueError("unet_channels needs one width for each of strides 2, 4, 8, 16")
-        if not 0.0 <= self.start_fraction <= 1.0:
-            raise ValueError(f"start_fraction {self.start_fraction} must be in [0, 1]")
+        if not 0.0 <= self.chain_fraction <= 1.0:
+            raise ValueError(f"chain_fraction {self.chain_fraction} must be in [0, 1]")
+        if self.chain_steps < 1:
+            raise ValueError(f"chain_steps {self.chain_steps} must be at least 1")
         if not 0.0 < self.t_start <= 1.0:
             raise ValueError(f"t_start {self.t_start} must be in (0, 1]")
         if self.schedule not in ("cosine", "linear"):

@@ -205,9 +205,10 @@ def test_diffusion_loss_falls(tiny_model_dir):
     assert float(eval_loss(state.params)) < 0.8 * before
 
 
-def test_start_fraction_trains_on_the_samplers_first_input(monkeypatch):
-    """With start_fraction=1 every image is trained at t_start on x_base noised without the
-    residual (what a truncated sampler starts from); with 0, the input carries the residual."""
+def test_chain_of_one_step_trains_on_the_samplers_first_input(monkeypatch):
+    """With chain_steps=1 and chain_fraction=1 every image is trained at t_start on x_base noised
+    without the residual (what a truncated sampler starts from); with fraction 0, the input
+    carries the residual."""
     seen = []
 
     class Probe:
@@ -219,10 +220,12 @@ def test_start_fraction_trains_on_the_samplers_first_input(monkeypatch):
             return jnp.zeros_like(r_t)
 
     monkeypatch.setattr(training, "UNet", Probe)
+    monkeypatch.setattr(sampler, "UNet", Zero)          # the chain's (empty) loop is traced too
     x_base = jnp.full((2, 16, 16, 3), 0.5)
     key = jax.random.PRNGKey(0)
     for fraction in (1.0, 0.0):
-        cfg = config.tiny().override([f"diffusion.start_fraction={fraction}", "diffusion.t_start=0.4"])
+        cfg = config.tiny().override([f"diffusion.chain_fraction={fraction}", "diffusion.chain_steps=1",
+                                      "diffusion.t_start=0.4"])
         for x in (x_base + 0.05, x_base - 0.05):
             training.loss_fn(None, x, x_base, {}, key, cfg)
     (a, ta), (b, tb), (c, tc), (d, td) = seen
@@ -230,6 +233,64 @@ def test_start_fraction_trains_on_the_samplers_first_input(monkeypatch):
     np.testing.assert_array_equal(a, b)                   # no residual in the input
     assert a.std() == pytest.approx(np.sqrt(1 - float(schedule.alpha_bar(0.4))), rel=0.1)
     assert (tc < 0.4).all() and not np.array_equal(c, d)   # ordinary training: it is there
+
+
+class Zero:
+    def __init__(self, d):
+        pass
+
+    def apply(self, variables, r_t, t, x_base, features):
+        return jnp.zeros_like(r_t)
+
+
+def chain_inputs(steps, t_start=0.6):
+    cfg = config.tiny().override([f"diffusion.chain_steps={steps}", f"diffusion.t_start={t_start}"])
+    p = perturbed(unet.init_params(cfg.diffusion, unet.feature_channels(cfg.codec), jax.random.PRNGKey(0)))
+    x_base = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    feats = {s: jax.random.normal(jax.random.PRNGKey(s), (2, 32 // s, 32 // s, c))
+             for s, c in unet.feature_channels(cfg.codec).items()}
+    return cfg, p, x_base, feats
+
+
+def test_chain_states_are_where_the_decode_time_sampler_stands():
+    """The chain's state after k steps, denoised once more, is what `sampler.ddim` with the same
+    denoiser and noise returns when k is its last step; t is on the sampler's grid."""
+    cfg, p, x_base, feats = chain_inputs(steps=3)
+    denoise = sampler.denoiser(cfg.diffusion, p, x_base, feats)
+    grid = np.linspace(0.6, 0.0, 4)
+
+    @jax.jit
+    def chain_and_sampler(key):
+        r, t = training.chain_states(p, x_base, feats, key, cfg)
+        kn = jax.random.split(key)[1]
+        full = sampler.ddim(denoise, lambda i: jax.random.normal(jax.random.fold_in(kn, i), x_base.shape),
+                            3, cfg.diffusion.eta, cfg.diffusion.schedule, 0.6)
+        return t, denoise(r, t[:1]), full
+
+    ks = set()
+    for seed in range(8):
+        t, last, full = chain_and_sampler(jax.random.PRNGKey(seed))
+        k = int(np.argmin(np.abs(grid - float(t[0]))))
+        assert t.shape == (2,) and float(t[0]) == pytest.approx(grid[k]) and k < 3
+        ks.add(k)
+        if k == 2:
+            np.testing.assert_allclose(last, full, atol=1e-5)
+    assert ks == {0, 1, 2}                                # every step of the chain gets trained
+
+
+def test_chain_training_has_gradients_and_reports_its_own_lpips():
+    cfg, p, x_base, feats = chain_inputs(steps=4)
+    cfg = cfg.override(["diffusion.chain_fraction=0.5", "diffusion.lpips_weight=0.5"])
+    from pcdc_jax.metrics import weights
+    x = jnp.clip(x_base + 0.05 * jax.random.normal(jax.random.PRNGKey(5), x_base.shape), 0, 1)
+    grads, m = jax.jit(jax.grad(training.loss_fn, has_aux=True), static_argnums=5)(
+        p, x, x_base, feats, jax.random.PRNGKey(2), cfg, weights.load("alex"))
+    assert float(optax_norm(grads)) > 0 and np.isfinite(float(m["loss"]))
+    assert {"lpips_chain", "lpips_chain_base"} <= set(m)
+
+
+def optax_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
 
 
 def test_train_script_exports_a_model_that_decodes(tmp_path, tiny_model_dir, coffee):

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from pcdc_jax import parallel
 from pcdc_jax.codec.decoder import STAGE_STRIDES
 from pcdc_jax.codec.model import Codec
-from pcdc_jax.config import Config
+from pcdc_jax.config import Config, DiffusionConfig
 from pcdc_jax.diffusion import schedule
 from pcdc_jax.diffusion.unet import UNet
 
@@ -61,18 +61,35 @@ def ddim(denoise: Callable, noise: Callable, steps: int, eta: float, kind: str =
     r = jnp.sqrt(1.0 - schedule.alpha_bar(ts[0], kind)) * noise(0)
 
     def body(carry: _Carry, i):
-        t, tn = ts[i], ts[i + 1]
-        ab, abn = schedule.alpha_bar(t, kind), schedule.alpha_bar(tn, kind)
-        r0 = denoise(carry.r, jnp.full((1,), t))
-        eps = (carry.r - jnp.sqrt(ab) * r0) / jnp.sqrt(1.0 - ab)
-        sigma = eta * jnp.sqrt((1.0 - abn) / (1.0 - ab) * (1.0 - ab / abn))
-        r = jnp.sqrt(abn) * r0 + jnp.sqrt(jnp.maximum(1.0 - abn - sigma ** 2, 0.0)) * eps
-        if eta > 0:
-            r = r + sigma * noise(i + 1)
-        return _Carry(r), None
+        return _Carry(ddim_step(denoise, noise, carry.r, ts, i, eta, kind)), None
 
     carry, _ = jax.lax.scan(body, _Carry(r), jnp.arange(steps))
     return carry.r
+
+
+def ddim_step(denoise: Callable, noise: Callable, r: jax.Array, ts: jax.Array, i, eta: float,
+              kind: str) -> jax.Array:
+    """Step i of a DDIM chain over the grid ts (descending): r at ts[i] -> r at ts[i + 1]."""
+    t, tn = ts[i], ts[i + 1]
+    ab, abn = schedule.alpha_bar(t, kind), schedule.alpha_bar(tn, kind)
+    r0 = denoise(r, jnp.full((1,), t))
+    eps = (r - jnp.sqrt(ab) * r0) / jnp.sqrt(1.0 - ab)
+    sigma = eta * jnp.sqrt((1.0 - abn) / (1.0 - ab) * (1.0 - ab / abn))
+    r_next = jnp.sqrt(abn) * r0 + jnp.sqrt(jnp.maximum(1.0 - abn - sigma ** 2, 0.0)) * eps
+    if eta > 0:
+        r_next = r_next + sigma * noise(i + 1)
+    return r_next
+
+
+def denoiser(d: DiffusionConfig, unet_params, x_base: jax.Array, features) -> Callable:
+    """The sampler's denoise(r_t, t) -> r0: the U-Net's prediction, clipped so that the x0 it
+    implies stays inside [0, 1]."""
+    lo, hi = -x_base / d.residual_scale, (1.0 - x_base) / d.residual_scale
+
+    def denoise(r, t):
+        return jnp.clip(UNet(d).apply({"params": unet_params}, r, t, x_base, features), lo, hi)
+
+    return denoise
 
 
 def _slice(h: jax.Array, offsets: jax.Array, size: tuple[int, int], factor: int) -> jax.Array:
@@ -111,16 +128,12 @@ def window_sampler(cfg: Config, crop_sizes, steps: int, eta: float, mesh: Mesh |
         feats = {s: _slice(feats[s], starts[:, 5] - starts[:, k + 1], win, BLOCK // s)
                  for k, s in enumerate(STAGE_STRIDES)}
         key = jax.random.PRNGKey(seed)
-        lo, hi = -x_base / d.residual_scale, (1.0 - x_base) / d.residual_scale
-
-        def denoise(r, t):
-            r0 = UNet(d).apply({"params": unet_params}, r, t, x_base, feats)
-            return jnp.clip(r0, lo, hi)          # the x0 prediction stays inside [0, 1]
 
         def noise(i):
             return block_noise(jax.random.fold_in(key, i), starts[0, 5], win)[None]
 
-        r = ddim(denoise, noise, steps, eta, d.schedule, d.t_start if t_start is None else t_start)
+        r = ddim(denoiser(d, unet_params, x_base, feats), noise, steps, eta, d.schedule,
+                 d.t_start if t_start is None else t_start)
         return (x_base + d.residual_scale * r)[0]
 
     def local(codec_params, unet_params, y, levels, starts, seed):

@@ -18,7 +18,7 @@ from pcdc_jax.codec import quantize as q
 from pcdc_jax.codec.model import Codec
 from pcdc_jax.codec.training import apply_gradients, make_optimizer, random_levels
 from pcdc_jax.config import Config
-from pcdc_jax.diffusion import schedule
+from pcdc_jax.diffusion import sampler, schedule
 from pcdc_jax.diffusion.unet import UNet, feature_channels, init_params
 from pcdc_jax.metrics import perceptual
 
@@ -49,28 +49,48 @@ def condition(codec_params, x: jax.Array, levels: jax.Array, cfg: Config):
     return codec.apply(p, y_hat, levels, method=Codec.synthesis)
 
 
+def chain_states(unet_params, x_base, features, key, cfg: Config):
+    """Where the sampler's own chain stands: (r [B, H, W, 3], t [B]) after k ~ U{0..chain_steps-1}
+    steps (one k for the batch) of the `chain_steps`-step DDIM from t_start, denoised by the
+    U-Net with `unet_params` exactly as at decode time. No gradient flows through the chain."""
+    d = cfg.diffusion
+    unet_params, x_base, features = jax.lax.stop_gradient((unet_params, x_base, features))
+    kk, kn = jax.random.split(key)
+    ts = jnp.linspace(d.t_start, 0.0, d.chain_steps + 1)
+    k = jax.random.randint(kk, (), 0, d.chain_steps)
+
+    def noise(i):
+        return jax.random.normal(jax.random.fold_in(kn, i), x_base.shape)
+
+    denoise = sampler.denoiser(d, unet_params, x_base, features)
+    r = jnp.sqrt(1.0 - schedule.alpha_bar(ts[0], d.schedule)) * noise(0)
+    r = jax.lax.fori_loop(0, k, lambda i, r: sampler.ddim_step(denoise, noise, r, ts, i, d.eta, d.schedule), r)
+    return r, jnp.full((x_base.shape[0],), ts[k])
+
+
 def loss_fn(unet_params, x, x_base, features, key, cfg: Config, lpips_params=None):
     """Returns (loss, metrics) for clean images x [B, H, W, 3] in [0, 1].
 
     r0 = (x - x_base) / residual_scale; r_t = sqrt(ab) r0 + sqrt(1 - ab) eps with
-    t ~ U(0, t_start) (the times the sampler visits), except for a `start_fraction` of the images,
-    which get exactly the sampler's first input: t = t_start and r_t = sqrt(1 - ab) eps, without
-    the residual's signal (that is x_base noised to t_start; with t_start < 1 the ordinary
-    input at t_start still holds sqrt(ab) r0, which the sampler never has);
+    t ~ U(0, t_start) (the times the sampler visits), except for the first
+    round(chain_fraction * B) images, whose input is the sampler's own state (`chain_states`):
+    with t_start < 1 the ordinary input still holds sqrt(ab) r0, which the sampler never has;
     loss = mean_b clip(SNR(t_b), snr_min, snr_max) * mean((r0_hat - r0)^2)
            + lpips_weight * LPIPS_alex(x_base + residual_scale * r0_hat, x).
     """
     d = cfg.diffusion
-    kt, ke, ks = jax.random.split(key, 3)
+    kt, ke, kc = jax.random.split(key, 3)
     b = x.shape[0]
-    start = jax.random.uniform(ks, (b,)) < d.start_fraction
-    t = jnp.where(start, d.t_start, d.t_start * jax.random.uniform(kt, (b,)))
+    t = d.t_start * jax.random.uniform(kt, (b,))
     ab = schedule.alpha_bar(t, d.schedule)[:, None, None, None]
     r0 = (x - x_base) / d.residual_scale
-    signal = jnp.where(start[:, None, None, None], 0.0, jnp.sqrt(ab))
     # The noised input is data, as x_t is in CDC: in joint training no gradient reaches the codec
     # through it (the loss's own x0 error still does).
-    r_t = signal * jax.lax.stop_gradient(r0) + jnp.sqrt(1.0 - ab) * jax.random.normal(ke, r0.shape)
+    r_t = jnp.sqrt(ab) * jax.lax.stop_gradient(r0) + jnp.sqrt(1.0 - ab) * jax.random.normal(ke, r0.shape)
+    n = round(d.chain_fraction * b)
+    if n:
+        r_c, t_c = chain_states(unet_params, x_base[:n], jax.tree.map(lambda f: f[:n], features), kc, cfg)
+        r_t, t = r_t.at[:n].set(r_c), t.at[:n].set(t_c)
     r0_hat = UNet(d).apply({"params": unet_params}, r_t, t, x_base, features)
     per_image = jnp.mean(jnp.square(r0_hat - r0), axis=(1, 2, 3))
     weight = jnp.clip(schedule.snr(t, d.schedule), d.snr_min, d.snr_max)
@@ -82,11 +102,13 @@ def loss_fn(unet_params, x, x_base, features, key, cfg: Config, lpips_params=Non
                "psnr_base": jnp.mean(-10 * jnp.log10(jnp.maximum(
                    jnp.mean(jnp.square(x_base - x), axis=(1, 2, 3)), 1e-10)))}
     if d.lpips_weight > 0:
-        lp = jnp.mean(perceptual.lpips(lpips_params, x0_hat, x, "alex"))
-        loss = loss + d.lpips_weight * lp
-        metrics["lpips_x0"] = lp
+        lp = perceptual.lpips(lpips_params, x0_hat, x, "alex")
         # the bar x0 has to clear: LPIPS of x_base itself
-        metrics["lpips_base"] = jnp.mean(perceptual.lpips(lpips_params, jax.lax.stop_gradient(x_base), x, "alex"))
+        lp_base = perceptual.lpips(lpips_params, jax.lax.stop_gradient(x_base), x, "alex")
+        loss = loss + d.lpips_weight * jnp.mean(lp)
+        metrics["lpips_x0"], metrics["lpips_base"] = jnp.mean(lp), jnp.mean(lp_base)
+        if n:           # on the sampler's own states, the number that decides whether it helps
+            metrics["lpips_chain"], metrics["lpips_chain_base"] = jnp.mean(lp[:n]), jnp.mean(lp_base[:n])
     metrics["loss"] = loss
     return loss, metrics
 
