@@ -2,12 +2,14 @@
 the training curves.
 
   python eval/train_summary.py runs/cpu [--minutes 10 20 40 60 90] [--keys bpp psnr]
-  python eval/train_summary.py runs/unet_small --keys loss psnr_base psnr_x0 lpips_x0 --plot curves.png
+  python eval/train_summary.py runs/unet_chain --keys loss psnr_base,psnr_x0 \
+      lpips_chain,lpips_chain_base --plot curves.png
 
 Each row averages the `--window` steps logged before the mark; minutes are training time (each
-logged interval at its logged speed), so the pauses of a run resumed across sessions do not count. Steps logged twice (a run resumed from an
-earlier checkpoint) count once, with the later value. The figure has one panel per key against
-the step, the raw values faint and a moving average over `--window` steps on top.
+logged interval at its logged speed), so the pauses of a run resumed across sessions do not
+count. Steps logged twice (a run resumed from an earlier checkpoint) count once, with the later
+value. The figure has one panel per key (or per comma-joined group of keys) against the step,
+the raw values faint and a moving average over `--window` steps on top.
 """
 from __future__ import annotations
 
@@ -29,21 +31,25 @@ def read_log(run: str | Path) -> list[dict]:
     return [rows[s] for s in sorted(rows)]
 
 
-def plot(rows: list[dict], keys, path: str | Path, window: int, title: str) -> None:
-    """One panel per key; written to a temporary name, then renamed."""
+def plot(rows: list[dict], panels, path: str | Path, window: int, title: str) -> None:
+    """One panel per group of keys (a list of lists); written to a temporary name, then renamed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), sharex=True, squeeze=False)
-    for ax, k in zip(axes[:, 0], keys):
-        pts = np.array([(r["step"], r[k]) for r in rows if k in r], float).reshape(-1, 2)
-        ax.plot(pts[:, 0], pts[:, 1], lw=0.5, alpha=0.35, color="C0")
-        every = np.median(np.diff(pts[:, 0])) if len(pts) > 1 else 1.0
-        n = min(len(pts), max(1, int(window // every)))
-        if n > 1:
-            ax.plot(pts[n - 1:, 0], np.convolve(pts[:, 1], np.ones(n) / n, "valid"), lw=1.5, color="C0")
-        ax.set_ylabel(k)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.2 * len(panels)), sharex=True, squeeze=False)
+    for ax, keys in zip(axes[:, 0], panels):
+        for i, k in enumerate(keys):
+            pts = np.array([(r["step"], r[k]) for r in rows if k in r], float).reshape(-1, 2)
+            ax.plot(pts[:, 0], pts[:, 1], lw=0.5, alpha=0.35, color=f"C{i}")
+            every = np.median(np.diff(pts[:, 0])) if len(pts) > 1 else 1.0
+            n = min(len(pts), max(1, int(window // every)))
+            if n > 1:
+                ax.plot(pts[n - 1:, 0], np.convolve(pts[:, 1], np.ones(n) / n, "valid"), lw=1.5,
+                        color=f"C{i}", label=k)
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
+        ax.set_ylabel(" / ".join(keys))
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("step")
     axes[0, 0].set_title(title)
@@ -60,15 +66,23 @@ def plot(rows: list[dict], keys, path: str | Path, window: int, title: str) -> N
             os.remove(tmp)
 
 
+def mean_of(rows: list[dict], key: str) -> str:
+    values = [r[key] for r in rows if key in r]
+    return f"{np.mean(values):.4g}" if values else "-"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run")
     ap.add_argument("--minutes", type=float, nargs="+", default=[10, 20, 40, 60, 90])
-    ap.add_argument("--keys", nargs="+", default=["bpp", "psnr"], help="metrics.jsonl fields to show")
+    ap.add_argument("--keys", nargs="+", default=["bpp", "psnr"],
+                    help="metrics.jsonl fields to show; a,b draws a and b in one panel")
     ap.add_argument("--window", type=int, default=100, help="steps averaged before each mark")
     ap.add_argument("--plot", metavar="PNG", help="also write the training curves of --keys here")
     args = ap.parse_args(argv)
     rows = read_log(args.run)
+    panels = [k.split(",") for k in args.keys]
+    args.keys = [k for keys in panels for k in keys]
     missing = [k for k in args.keys if not any(k in r for r in rows)]
     if missing:
         raise SystemExit(f"train_summary: error: {args.run} logs no {', '.join(missing)}")
@@ -85,11 +99,10 @@ def main(argv=None):
         last = upto[-1]["step"]
         win = [r for r in upto if r["step"] > last - args.window]
         label = f"{minutes:g}" if minutes is not None else f"{elapsed[-1] / 60:.0f} (end)"
-        print(f"| {label} | {last} | " + " | ".join(f"{np.mean([r[k] for r in win if k in r]):.4g}"
-                                                     for k in args.keys)
+        print(f"| {label} | {last} | " + " | ".join(mean_of(win, k) for k in args.keys)
               + f" | {np.mean([r['steps_per_s'] for r in win]):.2f} |")
     if args.plot:
-        plot(rows, args.keys, args.plot, args.window, Path(args.run).name)
+        plot(rows, panels, args.plot, args.window, Path(args.run).name)
         print(f"\nwrote {args.plot}")
 
 

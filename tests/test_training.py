@@ -142,3 +142,20 @@ def test_two_processes_train_one_model(tmp_path):
                    check=True, cwd=ROOT, capture_output=True)
     from pcdc_jax import checkpoint
     assert checkpoint.load_model(tmp_path / "m").unet is not None
+
+
+def test_train_summary_counts_training_time_and_draws_grouped_panels(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "eval"))
+    import train_summary
+    rows = [{"step": s, "steps_per_s": 1.0, "loss": 1.0 / s, "a": 0.2} for s in range(10, 610, 10)]
+    rows += [{"step": s, "steps_per_s": 0.5, "loss": 0.001, "a": 0.1, "b": 0.3} for s in range(600, 1210, 10)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train_summary.main([str(tmp_path), "--minutes", "5", "--keys", "loss", "a,b", "--window", "50",
+                        "--plot", str(tmp_path / "c.png")])
+    out = capsys.readouterr().out
+    # 600 steps at 1/s (10 min, the re-logged step 600 counts once) then 600 at 0.5/s (20 min)
+    assert "| 5 | 300 | " in out and "| 0.2 | - |" in out
+    assert "| 30 (end) | 1200 | 0.001 | 0.1 | 0.3 | 0.50 |" in out
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="logs no c"):
+        train_summary.main([str(tmp_path), "--keys", "a,c"])
