@@ -7,7 +7,8 @@
                               [--out outputs/ablate_steps.json]
 
 Every image is compressed once at a uniform level (`--level`, or the finest level whose file fits
-the compression ratio `--ratio`, as `pcdc compress --ratio`); the same file is decoded at every step count
+the compression ratio `--ratio`, as `pcdc compress --ratio`; an image whose coarsest level
+does not fit is skipped and named); the same file is decoded at every step count
 (steps=0 is the context decoder's x_base). Also reports the seam ratio of the windows
 (`diffusion.windows.seam_ratio`, ~1 = no visible window edges). Decode time excludes the first
 (compiling) decode of each step count and covers the whole of `api.decompress`.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +31,7 @@ from pcdc_jax.codec import bitstream  # noqa: E402
 from pcdc_jax.data.datasets import list_images  # noqa: E402
 from pcdc_jax.data.images import read_image  # noqa: E402
 from pcdc_jax.diffusion import windows  # noqa: E402
+from pcdc_jax.errors import BudgetError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +56,16 @@ def main(argv=None):
     images = [read_image(f, notices=[]) for f in files]
     if args.ratio is None and args.level is None:
         args.level = 1
-    coded = [api.compress(im, rt, level=args.level, ratio=args.ratio).data for im in images]
+    kept, skipped = [], []
+    for f, im in zip(files, images):
+        try:
+            kept.append((f, im, api.compress(im, rt, level=args.level, ratio=args.ratio).data))
+        except BudgetError as e:           # --ratio beyond what the coarsest level reaches
+            print(f"skipping {f.name}: {e}", file=sys.stderr)
+            skipped.append({"image": f.name, "reason": str(e)})
+    if not kept:
+        raise SystemExit(f"ablate_steps: error: no image of {args.data} fits ratio {args.ratio:g}")
+    files, images, coded = (list(c) for c in zip(*kept))
     bpp = float(np.mean([8 * len(d) / (im.shape[0] * im.shape[1]) for d, im in zip(coded, images)]))
     rows = []
     for steps in args.steps:
@@ -74,11 +86,15 @@ def main(argv=None):
                      "seam_ratio": float(np.nanmean(seams)) if not np.isnan(seams).all() else None,
                      **{m: float(np.mean(v)) for m, v in values.items()}})
         print(json.dumps(rows[-1]), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"data": args.data, "images": [f.name for f in files],
-                                          "level": args.level, "ratio": args.ratio, "rows": rows},
-                                         indent=2))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps({"data": args.data, "images": [f.name for f in files], "skipped": skipped,
+                               "level": args.level, "ratio": args.ratio, "rows": rows}, indent=2))
+    os.replace(tmp, out)
     target = f"level {args.level}" if args.ratio is None else f"ratio {args.ratio:g}"
+    if skipped:
+        target += f"; {len(skipped)} skipped, too detailed for it: {', '.join(s['image'] for s in skipped)}"
     print(f"\n{len(files)} images from {args.data}, {target} ({bpp:.3f} bpp), seed {args.seed}, "
           f"eta {args.eta if args.eta is not None else rt.cfg.diffusion.eta}, t_start "
           f"{args.t_start if args.t_start is not None else rt.cfg.diffusion.t_start}")
