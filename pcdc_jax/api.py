@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcdc_jax import checkpoint
+from pcdc_jax.allocation import baselines, features, policy as policy_lib
 from pcdc_jax.allocation.rates import rate_table_fn
 from pcdc_jax.codec import bitstream
 from pcdc_jax.codec.entropy_coding import Coder, integer_hyper_decoder
@@ -47,6 +48,8 @@ class Analysis(NamedTuple):
     rates: np.ndarray      # float32 [h * w, K]: exact bits of every block at every level
     z_bits: float          # ideal bits of the z stream
     inside: np.ndarray     # bool [h, w]: block overlaps the image (else it is padding only)
+    static: np.ndarray     # float32 [h * w, Fs]: the allocation policy's per-block features
+    energy: np.ndarray     # float32 [h * w]: high-frequency energy of each block
 
 
 class CompressResult(NamedTuple):
@@ -54,6 +57,10 @@ class CompressResult(NamedTuple):
     levels: np.ndarray     # uint8 [h, w]
     estimated_bits: float  # rate table + z bits (entropy-coded payload only)
     payload_bits: int      # actual bits of the z and y streams
+    policy: str = "uniform"  # the allocation that chose the levels
+
+
+POLICIES = ("ppo", "uniform", "greedy", "hf")
 
 
 class Runtime:
@@ -73,6 +80,11 @@ class Runtime:
         self._analysis = jax.jit(functools.partial(Codec(cc).apply, method=Codec.analysis))
         self._decoders: dict[int | None, WindowDecoder] = {}
         self._rates = rate_table_fn(cc)
+        cfg = self.cfg
+        self._features = jax.jit(lambda x, y, mu, t, s, r: (
+            features.static(x, y, mu, t, s, r, cfg), features.hf_energy(x)))
+        self._rollout = jax.jit(functools.partial(policy_lib.rollout, cfg=cfg, greedy=True))
+        self._adapt = None
         self.pool = concurrent.futures.ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1))
 
     @property
@@ -82,6 +94,10 @@ class Runtime:
     @property
     def has_diffusion(self) -> bool:
         return self.model.unet is not None
+
+    @property
+    def has_policy(self) -> bool:
+        return self.model.policy is not None
 
     @property
     def default_steps(self) -> int:
@@ -108,14 +124,64 @@ class Runtime:
         hl, wl = mu.shape[:2]
         inside = np.zeros((hl, wl), bool)
         inside[:math.ceil(h / bitstream.BLOCK), :math.ceil(w / bitstream.BLOCK)] = True
+        static, energy = self._features(x[0], y[0], jnp.asarray(mu), jnp.asarray(t), symbols, rates)
         return Analysis(h, w, np.asarray(y[0]), z_sym, mu, t, np.asarray(symbols),
-                        np.asarray(rates), self.coder.z_bits_of(z_sym), inside)
+                        np.asarray(rates), self.coder.z_bits_of(z_sym), inside,
+                        np.asarray(static), np.asarray(energy).reshape(-1))
 
     def uniform_levels(self, an: Analysis, level: int) -> np.ndarray:
         """Level `level` on every block that overlaps the image, the coarsest on padding."""
         if not 0 <= level < self.num_levels:
             raise ValueError(f"level must be in 0..{self.num_levels - 1}, got {level}")
         return np.where(an.inside, level, 0).astype(np.uint8)
+
+    def allocate(self, an: Analysis, budget: float, policy: str = "ppo", params=None) -> np.ndarray:
+        """Levels uint8 [h, w] whose rate-table bits (y payload) total at most `budget` bits.
+
+        policy: "ppo" (the trained policy, greedy decoding; `params` overrides the model's),
+        "uniform" (CDC), "greedy" (Lagrangian on the latent-domain distortion proxy) or "hf"
+        (high-frequency energy heuristic). ValueError if the budget is below the coarsest level.
+        """
+        inside = an.inside.reshape(-1)
+        if policy == "uniform":
+            flat = baselines.uniform(an.rates, inside, budget)
+        elif policy == "hf":
+            flat = baselines.hf(an.rates, inside, budget, an.energy, level_steps=self.level_steps)
+        elif policy == "greedy":
+            dist = baselines.distortion_proxy(an.y, an.mu, an.symbols, self.level_steps)
+            flat = baselines.greedy(an.rates, dist, inside, budget)
+        elif policy == "ppo":
+            params = self.model.policy if params is None else params
+            if params is None:
+                raise ValueError("this model has no trained allocation policy; use --policy "
+                                 "uniform, greedy or hf")
+            env = policy_lib.make_env(an.static, an.rates, inside, budget)
+            if int(policy_lib.coarsest_bits(env)) > int(env.budget):
+                raise ValueError(f"budget of {budget:.0f} bits is below the coarsest level's cost")
+            flat = np.asarray(self._rollout(params, env, jax.random.PRNGKey(0)).action, np.uint8)
+        else:
+            raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+        return flat.reshape(an.inside.shape)
+
+    def adapt(self, image: np.ndarray, target_bpp: float, steps: int, seed: int = 0):
+        """Test-time adaptation (PCDC): `steps` PPO-Lagrangian updates of the model's policy on
+        crops of this image at its target rate, rewarded by the real decoder. Returns the
+        adapted policy parameters (the model's are unchanged)."""
+        from pcdc_jax.allocation import ppo, training
+        if not self.has_policy:
+            raise ValueError("this model has no trained allocation policy to adapt")
+        if self._adapt is None:
+            fr = training.load_frozen(self.model, self.y_bits, self.y_half, self.cfg)
+            self._adapt = (jax.device_put(fr), training.jit_train_step(self.cfg))
+        fr, step = self._adapt
+        x = jnp.asarray(to_float(pad_to_multiple(image, bitstream.GRID)))
+        state = ppo.init_state(self.cfg, self.model.policy)
+        key = jax.random.PRNGKey(seed)
+        for i in range(steps):
+            crops = training.random_crops(x, jax.random.fold_in(key, 2 * i), self.cfg)
+            state, _ = step(state, crops, jax.random.fold_in(key, 2 * i + 1), fr,
+                            jnp.full((crops.shape[0],), target_bpp, jnp.float32))
+        return jax.device_get(state.params)
 
     def estimate_bits(self, an: Analysis, levels: np.ndarray) -> float:
         hl, wl = levels.shape
@@ -222,35 +288,73 @@ def budget_bytes(height: int, width: int, ratio: float | None = None, bpp: float
 
 
 def compress(image: np.ndarray, runtime: Runtime, *, level: int | None = None,
-             ratio: float | None = None, bpp: float | None = None,
-             metadata: dict | None = None) -> CompressResult:
+             ratio: float | None = None, bpp: float | None = None, policy: str | None = None,
+             adapt_steps: int = 0, metadata: dict | None = None) -> CompressResult:
     """Compresses uint8 [H, W, 3].
 
-    With `level`, every block uses that level. With `ratio` or `bpp`, the finest uniform level
-    whose file fits the budget is used (the file never exceeds it); BudgetError if none fits.
-    Without any, the finest level.
+    With `level`, every block uses that level. With `ratio` or `bpp`, the file never exceeds the
+    budget (BudgetError if even the coarsest level does not fit) and `policy` allocates the levels
+    per block: "ppo" (the model's trained policy; the default when it has one), "uniform" (the
+    finest uniform level that fits; the default otherwise), "greedy" or "hf" (baselines).
+    adapt_steps > 0 first adapts the PPO policy to this image (test-time adaptation). Without
+    any budget or level, the finest level.
     """
+    if policy is not None and policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+    if adapt_steps < 0:
+        raise ValueError(f"adapt_steps must be >= 0, got {adapt_steps}")
     an = runtime.analyze(image)
     if ratio is None and bpp is None:
+        if policy is not None or adapt_steps:
+            raise ValueError("a policy allocates levels under a budget: give --ratio or --bpp")
         return runtime.encode(an, runtime.uniform_levels(
             an, runtime.num_levels - 1 if level is None else level), metadata)
     if level is not None:
         raise ValueError("give either a level or a budget (ratio / bpp), not both")
+    policy = policy or ("ppo" if runtime.has_policy else "uniform")
+    if adapt_steps and policy != "ppo":
+        raise ValueError("test-time adaptation (adapt_steps) applies to the ppo policy")
     limit = budget_bytes(an.height, an.width, ratio, bpp)
-    result = None
-    for k in range(runtime.num_levels - 1, -1, -1):
+    coarsest = runtime.encode(an, runtime.uniform_levels(an, 0), metadata)
+    if len(coarsest.data) > limit:
+        n = len(coarsest.data)
+        raise BudgetError(
+            f"cannot fit {an.width}x{an.height} in {limit} bytes: the coarsest level needs {n} "
+            f"bytes (ratio {3 * an.height * an.width / n:.1f}, "
+            f"{8 * n / (an.height * an.width):.3f} bpp)", n, 3 * an.height * an.width / n)
+    if policy == "uniform":
+        return _finest_uniform(an, runtime, limit, coarsest, metadata)
+    # Bits of the file beyond the y payload's rate-table estimate (header, z stream, level map,
+    # coder flushes), measured on the coarsest file; a level map that compresses worse, or a
+    # coder that overshoots, costs a retry with a margin.
+    side = 8 * len(coarsest.data) - float(an.rates[:, 0].sum())
+    params = None
+    if adapt_steps:
+        target = (8 * limit - side) / an.rates.shape[0] / bitstream.BLOCK ** 2
+        params = runtime.adapt(image, target, adapt_steps)
+    margin = 0.0
+    for _ in range(4):
+        budget = 8 * limit - side - margin
+        if budget < float(an.rates[:, 0].sum()):
+            break
+        result = runtime.encode(an, runtime.allocate(an, budget, policy, params), metadata)
+        if len(result.data) <= limit:
+            return result._replace(policy=policy)
+        margin += 8 * (len(result.data) - limit) + 64
+    return _finest_uniform(an, runtime, limit, coarsest, metadata)
+
+
+def _finest_uniform(an: Analysis, runtime: Runtime, limit: int, coarsest: CompressResult,
+                    metadata) -> CompressResult:
+    """The finest uniform level whose file fits `limit` bytes (the coarsest does)."""
+    for k in range(runtime.num_levels - 1, 0, -1):
         levels = runtime.uniform_levels(an, k)
-        if k > 0 and runtime.estimate_bits(an, levels) / 8 > limit:
+        if runtime.estimate_bits(an, levels) / 8 > limit:
             continue   # the payload alone is over budget; no need to code it
         result = runtime.encode(an, levels, metadata)
         if len(result.data) <= limit:
             return result
-    smallest = len(result.data)
-    raise BudgetError(
-        f"cannot fit {an.width}x{an.height} in {limit} bytes: the coarsest level needs {smallest} "
-        f"bytes (ratio {3 * an.height * an.width / smallest:.1f}, "
-        f"{8 * smallest / (an.height * an.width):.3f} bpp)",
-        smallest, 3 * an.height * an.width / smallest)
+    return coarsest
 
 
 def decompress(data: bytes, runtime: Runtime, *, steps: int | None = None, seed: int = 0,

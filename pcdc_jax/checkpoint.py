@@ -2,8 +2,9 @@
 
 A checkpoint directory is an Orbax CheckpointManager directory whose steps hold up to three items:
   state      full training state (resume only)
-  inference  {"params": ..., "tables": ..., ["unet": ...]}: codec weights, integer coding tables
-             and, once trained, the diffusion U-Net's weights (CLI, eval)
+  inference  {"params": ..., "tables": ..., ["unet": ...], ["policy": ...]}: codec weights,
+             integer coding tables and, once trained, the diffusion U-Net's and the allocation
+             policy's weights (CLI, eval)
   config     the Config as JSON
 A shipped model directory is the same layout with one step and no `state` item, so anything that
 loads a model accepts a training run's checkpoint directory too.
@@ -56,7 +57,8 @@ class Model(NamedTuple):
     """What the CLI and eval need: config, float params, integer coding tables, fingerprint.
 
     The fingerprint covers the config's codec section, the codec weights and the tables (what the
-    bitstream depends on), not the U-Net: a retrained diffusion decoder still reads older files.
+    bitstream depends on), not the U-Net or the policy: a retrained diffusion decoder still reads
+    older files, and the allocation policy is an encoder-side choice the level map records.
     """
 
     cfg: Config
@@ -64,6 +66,7 @@ class Model(NamedTuple):
     tables: dict[str, np.ndarray]
     fingerprint: bytes  # 16 bytes, stored in every .pcdc file
     unet: Any = None    # diffusion U-Net weights, or None (then only steps=0 decoding)
+    policy: Any = None  # allocation policy weights (allocation.policy), or None (no PPO policy)
 
 
 def fingerprint(cfg: Config, params, tables) -> bytes:
@@ -94,11 +97,12 @@ def load_model(directory: str | os.PathLike, step: int | None = None) -> Model:
         raise ModelLoadError(f"{directory} step {step}: no inference item ({e})") from None
     inf = jax.tree_util.tree_map(np.asarray, inf["inference"])
     params, tables = inf["params"], inf["tables"]
-    return Model(cfg, params, tables, fingerprint(cfg, params, tables), inf.get("unet"))
+    return Model(cfg, params, tables, fingerprint(cfg, params, tables), inf.get("unet"),
+                 inf.get("policy"))
 
 
 def export_model(directory: str | os.PathLike, cfg: Config, params, tables, step: int = 0,
-                 unet=None) -> None:
+                 unet=None, policy=None) -> None:
     """Writes a model directory (inference + config only) atomically: temp dir, then rename."""
     directory = Path(directory).absolute()
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +112,8 @@ def export_model(directory: str | os.PathLike, cfg: Config, params, tables, step
         inference = {"params": params, "tables": tables}
         if unet is not None:
             inference["unet"] = unet
+        if policy is not None:
+            inference["policy"] = policy
         save(mngr, step, cfg, inference=jax.tree_util.tree_map(np.asarray, inference), force=True)
         mngr.wait_until_finished()
         mngr.close()

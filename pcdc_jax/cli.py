@@ -27,6 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--ratio", type=float, help="file at most (24*H*W/8)/R bytes")
     g.add_argument("--bpp", type=float, help="file at most B*H*W/8 bytes")
     g.add_argument("--level", type=int, help="uniform quantization level (0 coarsest .. K-1 finest)")
+    c.add_argument("--policy", choices=("ppo", "uniform", "greedy", "hf"),
+                   help="per-block level allocation under --ratio/--bpp: ppo (the model's trained "
+                   "policy, the default when it has one), uniform (one level for all blocks), "
+                   "greedy (Lagrangian on a latent distortion proxy), hf (high-frequency energy)")
+    c.add_argument("--adapt-steps", type=int, default=0, metavar="N",
+                   help="test-time adaptation: N PPO updates of the policy on this image first "
+                   "(decodes crops of it with the diffusion decoder; slow)")
     c.add_argument("--model", help="model directory (default: $PCDC_MODEL or the shipped model)")
     c.add_argument("--quiet", action="store_true")
 
@@ -86,7 +93,8 @@ def _compress(args) -> int:
         print(f"notice: {n}", file=sys.stderr)
     rt = api.load(args.model)
     t0 = time.time()
-    result = api.compress(image, rt, level=args.level, ratio=args.ratio, bpp=args.bpp)
+    result = api.compress(image, rt, level=args.level, ratio=args.ratio, bpp=args.bpp,
+                          policy=args.policy, adapt_steps=args.adapt_steps)
     dt = time.time() - t0
     atomic_write_bytes(args.output, result.data)
     h, w = image.shape[:2]
@@ -94,7 +102,8 @@ def _compress(args) -> int:
     levels = sorted(set(result.levels[: -(-h // 16), : -(-w // 16)].ravel().tolist()))
     if not args.quiet:
         print(f"{args.input} ({w}x{h}) -> {args.output}: {n} bytes, {8 * n / (h * w):.4f} bpp, "
-              f"ratio {3 * h * w / n:.1f}:1, level {','.join(map(str, levels))}, {dt:.2f} s")
+              f"ratio {3 * h * w / n:.1f}:1, level {','.join(map(str, levels))} ({result.policy}), "
+              f"{dt:.2f} s")
     return 0
 
 
@@ -143,7 +152,7 @@ def _info(args) -> int:
         d = model.cfg.diffusion
         info["model"] = {"directory": str(args.model or api.default_model_dir()),
                          "matches_file": model.fingerprint.hex() == info["model_fingerprint"],
-                         "diffusion": model.unet is not None,
+                         "diffusion": model.unet is not None, "policy": model.policy is not None,
                          "default_steps": d.default_steps if model.unet is not None else 0,
                          "eta": d.eta, "t_start": d.t_start, "window": d.window, "overlap": d.overlap}
     except ModelLoadError as e:
@@ -167,7 +176,8 @@ def _info(args) -> int:
                   + (f"diffusion decoder, {m['default_steps']} DDIM steps by default (eta "
                      f"{m['eta']}, from t={m['t_start']}, windows {m['window']} px overlapping "
                      f"{m['overlap']})"
-                     if m["diffusion"] else "no diffusion decoder (base image only)"))
+                     if m["diffusion"] else "no diffusion decoder (base image only)")
+                  + ("; trained PPO allocation policy" if m["policy"] else "; no allocation policy"))
     return 0
 
 

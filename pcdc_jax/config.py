@@ -143,6 +143,62 @@ class DiffusionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AllocationConfig:
+    """The PPO-Lagrangian block-level bit allocator (PCDC section II-B, eqs. 2-10).
+
+    The policy reads encoder-side signals only (high-pass residual statistics, a pooled latent
+    embedding, the block's row of the exact rate table, the remaining budget, the position) and
+    picks one of K levels per block; its reward decodes with the real diffusion decoder.
+    """
+
+    hidden: tuple[int, ...] = (64, 64)  # actor and critic MLP widths (separate networks)
+    latent_groups: int = 8              # pooled latent embedding: channel groups of y
+    # Reward (eqs. 5-6): U = -(w_mse MSE + w_ssim (1 - SSIM) + w_lpips LPIPS + w_dists DISTS),
+    # r = U - eta (R_tot - R_max), rates in bits per pixel; the paper's weights.
+    w_mse: float = 1.0
+    w_ssim: float = 0.5
+    w_lpips: float = 0.2
+    w_dists: float = 0.2
+    reward_steps: int = 2               # DDIM steps of the decoder inside the reward
+    # U is measured relative to the uniform allocation (CDC) of the same crop and budget, decoded
+    # with the same noise: an action-independent baseline (the policy gradient stays unbiased)
+    # that removes the content's share of U, which the per-block critic cannot see. False: the
+    # paper's raw U.
+    relative_reward: bool = True
+    # Dual ascent on eta (eq. 8): eta <- max(0, eta + dual_lr * mean(R_tot - R_max)).
+    dual_lr: float = 1e-3
+    eta_init: float = 0.0
+    # PPO (eqs. 9-10): clipped surrogate, entropy bonus, critic regression, paper's rates.
+    clip: float = 0.2
+    entropy_weight: float = 0.01
+    value_weight: float = 0.5
+    actor_lr: float = 3e-4
+    critic_lr: float = 1e-3
+    grad_clip: float = 1.0
+    epochs: int = 4                     # passes over all blocks of the batch per update
+    minibatches: int = 4                # minibatches per pass
+    normalize_advantages: bool = True
+    # Training episodes: each crop's budget R_max lies a fraction u ~ U(budget_lo, budget_hi) of
+    # the way from its coarsest-uniform to its finest-uniform rate.
+    budget_lo: float = 0.05
+    budget_hi: float = 0.95
+    # Test-time adaptation (`--adapt-steps`): episodes (crops of the image) per PPO update.
+    adapt_episodes: int = 8
+    adapt_crop: int = 128
+
+    def __post_init__(self):
+        if self.reward_steps < 0:
+            raise ValueError(f"reward_steps {self.reward_steps} must be >= 0")
+        if self.epochs < 1 or self.minibatches < 1:
+            raise ValueError("epochs and minibatches must be at least 1")
+        if not 0.0 <= self.budget_lo <= self.budget_hi <= 1.0:
+            raise ValueError(f"need 0 <= budget_lo <= budget_hi <= 1, got {self.budget_lo}, "
+                             f"{self.budget_hi}")
+        if self.adapt_crop % 16 or self.adapt_crop < 16:
+            raise ValueError(f"adapt_crop {self.adapt_crop} must be a positive multiple of 16")
+
+
+@dataclasses.dataclass(frozen=True)
 class ContainerConfig:
     """Limits the .pcdc parser checks before allocating anything."""
 
@@ -157,6 +213,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
     container: ContainerConfig = ContainerConfig()
+    allocation: AllocationConfig = AllocationConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -223,6 +280,8 @@ def tiny() -> Config:
         diffusion=DiffusionConfig(unet_channels=(8, 16, 16, 16), attention_heads=1, time_dim=16,
                                   window=128, overlap=32, window_batch=8),
         container=ContainerConfig(tile_latent=4),
+        allocation=AllocationConfig(hidden=(16, 16), latent_groups=4, reward_steps=1,
+                                    adapt_episodes=2, adapt_crop=64),
     )
 
 
