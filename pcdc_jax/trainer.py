@@ -54,6 +54,21 @@ def start(ap: argparse.ArgumentParser, args) -> None:
         ap.error(str(e))
 
 
+def open_frozen_run(ap: argparse.ArgumentParser, args):
+    """For the scripts that train a part on top of a frozen --model: (model, cfg, mngr,
+    resuming). cfg is the model's config with --set applied, or the run's own when resuming;
+    a usage error if the run's codec differs from the model's."""
+    model = checkpoint.load_model(args.model)
+    cfg = model.cfg.override(args.set)
+    mngr = checkpoint.manager(Path(args.run) / "checkpoints", keep=cfg.train.keep_checkpoints)
+    resuming = args.resume and mngr.latest_step() is not None
+    if resuming:
+        cfg = checkpoint.restore_config(mngr).override(args.set)
+    if cfg.codec != model.cfg.codec:
+        ap.error("the run's codec config differs from --model's")
+    return model, cfg, mngr, resuming
+
+
 def mesh_for(ap: argparse.ArgumentParser, args, cfg: Config):
     """The data-parallel mesh of --devices, checked against the batch size."""
     try:

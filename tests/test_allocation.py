@@ -125,7 +125,7 @@ def test_reward_and_dual_update_match_numpy():
 
 
 def test_update_jit_equals_no_jit_and_keeps_the_normalization():
-    cfg = CFG.replace(allocation=dataclasses.replace(CFG.allocation, epochs=2, minibatches=2))
+    cfg = CFG.replace(allocation=dataclasses.replace(CFG.allocation, epochs=2, minibatches=1))
     params, _, _, b = _batch(1)
     state = ppo.init_state(cfg, params)
     key = jax.random.PRNGKey(3)

@@ -33,15 +33,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     trainer.start(ap, args)
 
-    model = checkpoint.load_model(args.model)
+    model, cfg, mngr, resuming = trainer.open_frozen_run(ap, args)
     run = Path(args.run)
-    cfg = model.cfg.override(args.set)
-    mngr = checkpoint.manager(run / "checkpoints", keep=cfg.train.keep_checkpoints)
-    resuming = args.resume and mngr.latest_step() is not None
-    if resuming:
-        cfg = checkpoint.restore_config(mngr).override(args.set)
-    if cfg.codec != model.cfg.codec:
-        ap.error("the run's codec config differs from --model's")
     if cfg.train.crop_size % 64:
         ap.error(f"train.crop_size {cfg.train.crop_size} must be a multiple of 64")
     total = cfg.train.total_steps if args.steps is None else args.steps
