@@ -155,9 +155,11 @@ class Runtime:
             if params is None:
                 raise ValueError("this model has no trained allocation policy; use --policy "
                                  "uniform, greedy or hf")
+            if budget < baselines.coarsest_cost(an.rates, inside):
+                raise ValueError(f"budget of {budget:.0f} bits is below the coarsest level's cost")
             env = policy_lib.make_env(an.static, an.rates, inside, budget)
             if int(policy_lib.coarsest_bits(env)) > int(env.budget):
-                raise ValueError(f"budget of {budget:.0f} bits is below the coarsest level's cost")
+                return self.uniform_levels(an, 0)   # fits only before rounding rates up to bits
             flat = np.asarray(self._rollout(params, env, jax.random.PRNGKey(0)).action, np.uint8)
         else:
             raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")

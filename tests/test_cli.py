@@ -121,3 +121,17 @@ def test_console_entry_point(tmp_path, tiny_model_dir):
                         "-o", str(tmp_path / "o.png"), "--model", str(tiny_model_dir)],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "error" in r.stderr
+
+
+def test_compress_policies(capsys, tmp_path, tiny_model_dir, small_png):
+    f = tmp_path / "g.pcdc"
+    code, out, _ = run(capsys, "compress", small_png, "-o", f, "--ratio", "6", "--policy", "greedy",
+                       "--model", tiny_model_dir)
+    assert code == 0 and "(greedy)" in out and f.stat().st_size <= 3 * 50 * 70 / 6
+    code, _, err = run(capsys, "compress", small_png, "-o", tmp_path / "p.pcdc", "--ratio", "6",
+                       "--policy", "ppo", "--model", tiny_model_dir)
+    assert code == 1 and "no trained allocation policy" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p.pcdc").exists()
+    code, _, err = run(capsys, "compress", small_png, "-o", tmp_path / "q.pcdc", "--level", "2",
+                       "--policy", "hf", "--model", tiny_model_dir)
+    assert code == 1 and "--ratio or --bpp" in err

@@ -15,7 +15,7 @@ vmapped over images; no Python loop over blocks.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import distrax
 import flax.linen as nn
@@ -166,6 +166,3 @@ def rollout_batch(params: dict, env: Env, key: jax.Array, *, cfg: Config, greedy
     keys = jax.random.split(key, env.budget.shape[0])
     return jax.vmap(lambda e, k: rollout(params, e, k, cfg=cfg, greedy=greedy))(env, keys)
 
-
-def num_params(params: Any) -> int:
-    return sum(x.size for x in jax.tree.leaves(params))

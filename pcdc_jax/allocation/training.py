@@ -116,6 +116,12 @@ def budgets(rates_bits: jax.Array, key: jax.Array, cfg: Config, target_bpp=None)
     return jnp.clip(jnp.floor(b), lo, jnp.maximum(hi, lo)).astype(jnp.int32)
 
 
+def episodes(an: Analysis, key: jax.Array, cfg: Config, target_bpp=None) -> policy.Env:
+    """The crops' allocation problems (every block inside), with `budgets`."""
+    env = policy.make_env(an.static, an.rates, jnp.ones(an.rates.shape[:2], bool), 0)
+    return env._replace(budget=budgets(env.rates, key, cfg, target_bpp))
+
+
 def uniform_levels(rates_bits: jax.Array, budget: jax.Array) -> jax.Array:
     """The finest level k (int32 [B]) whose uniform total fits the budget (0 if none does), of int
     rates [B, N, K] and budgets [B]: CDC's allocation, the reference of the relative reward."""
@@ -132,8 +138,7 @@ def train_step(state: ppo.PPOState, x: jax.Array, key: jax.Array, fr: Frozen, ta
     an = jax.lax.stop_gradient(analyze(fr, x, cfg))
     b, n, _ = an.rates.shape
     h, w = an.mu.shape[1:3]
-    env = policy.make_env(an.static, an.rates, jnp.ones((b, n), bool), 0)
-    env = env._replace(budget=budgets(env.rates, kb, cfg, target_bpp))
+    env = episodes(an, kb, cfg, target_bpp)
     traj = policy.rollout_batch(state.params, env, kr, cfg=cfg)
     u, terms = utility(fr, decode(fr, an, traj.action.reshape(b, h, w), kd, cfg), x, cfg)
     pixels = n * features.PIXELS
@@ -158,7 +163,7 @@ def train_step(state: ppo.PPOState, x: jax.Array, key: jax.Array, fr: Frozen, ta
 
 def jit_train_step(cfg: Config):
     """fn(state, x, key, frozen, target_bpp=None) -> (state, metrics), jitted per config."""
-    return jax.jit(functools.partial(train_step, cfg=cfg), static_argnums=())
+    return jax.jit(functools.partial(train_step, cfg=cfg))
 
 
 def random_crops(x: jax.Array, key: jax.Array, cfg: Config) -> jax.Array:
@@ -177,9 +182,7 @@ def init(cfg: Config, fr: Frozen, x: jax.Array, key: jax.Array) -> ppo.PPOState:
     """A fresh policy whose observation normalization comes from rollouts on crops x."""
     kp, kb, kr = jax.random.split(key, 3)
     params = policy.init_params(cfg, kp)
-    an = analyze(fr, x, cfg)
-    env = policy.make_env(an.static, an.rates, jnp.ones(an.rates.shape[:2], bool), 0)
-    env = env._replace(budget=budgets(env.rates, kb, cfg))
+    env = episodes(analyze(fr, x, cfg), kb, cfg)
     traj = policy.rollout_batch(params, env, kr, cfg=cfg)
     obs = traj.obs.reshape(-1, traj.obs.shape[-1])
     return ppo.init_state(cfg, policy.set_normalization(params, obs, jnp.ones(obs.shape[:1])))
