@@ -55,17 +55,9 @@ def _check_allocation(levels, rates, inside, budget):
     assert bl.total_bits(rates, levels) <= budget
 
 
-@settings(max_examples=60, deadline=None)
-@given(problems(increasing=True))
-def test_allocations_fit_budget_increasing_rates(problem):
-    rates, inside, budget, energy, dist = problem
-    for name in ALLOCATORS:
-        _check_allocation(_allocate(name, rates, inside, budget, energy, dist), rates, inside, budget)
-
-
-@settings(max_examples=60, deadline=None)
-@given(problems(increasing=False))
-def test_allocations_fit_budget_arbitrary_rates(problem):
+@settings(max_examples=120, deadline=None)
+@given(st.booleans().flatmap(lambda increasing: problems(increasing=increasing)))
+def test_allocations_fit_budget_increasing_or_arbitrary_rates(problem):
     rates, inside, budget, energy, dist = problem
     for name in ALLOCATORS:
         _check_allocation(_allocate(name, rates, inside, budget, energy, dist), rates, inside, budget)
