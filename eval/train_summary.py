@@ -41,9 +41,11 @@ def plot(rows: list[dict], panels, path: str | Path, window: int, title: str) ->
     for ax, keys in zip(axes[:, 0], panels):
         for i, k in enumerate(keys):
             pts = np.array([(r["step"], r[k]) for r in rows if k in r], float).reshape(-1, 2)
-            ax.plot(pts[:, 0], pts[:, 1], lw=0.5, alpha=0.35, color=f"C{i}")
             every = np.median(np.diff(pts[:, 0])) if len(pts) > 1 else 1.0
             n = min(len(pts), max(1, int(window // every)))
+            # the raw values carry the legend entry when the window is too short to average
+            ax.plot(pts[:, 0], pts[:, 1], lw=0.5, alpha=0.35, color=f"C{i}",
+                    label=None if n > 1 else k)
             if n > 1:
                 ax.plot(pts[n - 1:, 0], np.convolve(pts[:, 1], np.ones(n) / n, "valid"), lw=1.5,
                         color=f"C{i}", label=k)
