@@ -2,16 +2,18 @@
 
   python eval/ablate_steps.py [--model DIR] [--data ../shared/data/kodak] [--limit N]
                               [--level 1 | --ratio R]
-                              [--steps 0 1 2 4 8] [--metrics psnr lpips_alex dists] [--seed 0]
+                              [--steps 0 1 2 4 8 16 32 64] [--seed 0]
+                              [--metrics psnr ms_ssim lpips_alex dists]
                               [--eta E] [--t-start T]
-                              [--out outputs/ablate_steps.json]
+                              [--out outputs/ablate_steps.json] [--plot outputs/ablate_steps.png]
 
-Every image is compressed once at a uniform level (`--level`, or the finest level whose file fits
-the compression ratio `--ratio`, as `pcdc compress --ratio`; an image whose coarsest level
-does not fit is skipped and named); the same file is decoded at every step count
+Every image is compressed once at a uniform level (`--level`), or at the compression ratio
+`--ratio` as `pcdc compress --ratio` does (the model's default policy); an image that cannot fit
+the ratio is skipped and named; the same file is decoded at every step count
 (steps=0 is the context decoder's x_base). Also reports the seam ratio of the windows
 (`diffusion.windows.seam_ratio`, ~1 = no visible window edges). Decode time excludes the first
-(compiling) decode of each step count and covers the whole of `api.decompress`.
+(compiling) decode of each step count and covers the whole of `api.decompress`. The table is
+printed as markdown; --plot draws each metric and the decode time against the step count.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from pcdc_jax.codec import bitstream  # noqa: E402
 from pcdc_jax.data.datasets import list_images  # noqa: E402
 from pcdc_jax.data.images import read_image  # noqa: E402
 from pcdc_jax.diffusion import windows  # noqa: E402
+from pcdc_jax.evaluation import figures  # noqa: E402
 from pcdc_jax.errors import BudgetError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,12 +47,13 @@ def main(argv=None):
     target = ap.add_mutually_exclusive_group()
     target.add_argument("--level", type=int)
     target.add_argument("--ratio", type=float, help="compression ratio against 24-bit RGB")
-    ap.add_argument("--steps", nargs="+", type=int, default=[0, 1, 2, 4, 8])
-    ap.add_argument("--metrics", nargs="+", default=["psnr", "lpips_alex", "dists"], choices=metrics.ALL)
+    ap.add_argument("--steps", nargs="+", type=int, default=[0, 1, 2, 4, 8, 16, 32, 64])
+    ap.add_argument("--metrics", nargs="+", default=["psnr", "ms_ssim", "lpips_alex", "dists"], choices=metrics.ALL)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eta", type=float, help="DDIM eta (default: the model's)")
     ap.add_argument("--t-start", type=float, help="DDIM start time (default: the model's)")
     ap.add_argument("--out", default=str(ROOT / "outputs" / "ablate_steps.json"))
+    ap.add_argument("--plot", help="PNG of the metrics and decode time against steps (default: --out with .png)")
     args = ap.parse_args(argv)
     rt = api.load(args.model)
     files = list_images(args.data)[: args.limit]
@@ -92,6 +96,8 @@ def main(argv=None):
     tmp.write_text(json.dumps({"data": args.data, "images": [f.name for f in files], "skipped": skipped,
                                "level": args.level, "ratio": args.ratio, "rows": rows}, indent=2))
     os.replace(tmp, out)
+    figures.steps_ablation(rows, args.metrics, Path(args.plot) if args.plot else out.with_suffix(".png"),
+                           f"{Path(args.data).name}: {len(files)} images, {bpp:.3f} bpp")
     target = f"level {args.level}" if args.ratio is None else f"ratio {args.ratio:g}"
     if skipped:
         target += f"; {len(skipped)} skipped, too detailed for it: {', '.join(s['image'] for s in skipped)}"
