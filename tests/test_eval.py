@@ -83,6 +83,43 @@ def test_summarize_compares_on_common_images_and_builds_table1():
     assert "| test |" in rd.markdown_table1(s) and "-20.0" in rd.markdown_bd(s, ["psnr"])
 
 
+class _Fake(codecs.Codec):
+    """Writes `fill` of the budget; decodes to the image with noise scaled by 1/size."""
+
+    def __init__(self, name, fill, image):
+        self.name, self.label, self.fill, self.image, self.calls = name, name, fill, image, []
+
+    def encode(self, image, max_bytes):
+        self.calls.append(max_bytes)
+        return bytes(int(max_bytes * self.fill))
+
+    def decode(self, data):
+        return np.clip(self.image.astype(int) + (np.arange(self.image.size) % 3).reshape(self.image.shape)
+                       * (1000 // len(data)), 0, 255).astype(np.uint8)
+
+
+def test_measure_matches_the_anchor_to_our_file_and_resumes(tmp_path):
+    image = np.asarray(Image.open(SAMPLES / "coffee.png").convert("RGB"))[:32, :48].copy()
+    ours, anchor = _Fake("pcdc:x@0", 0.5, image), _Fake("hevc", 1.0, image)
+    rows = rd.measure([("a.png", image)], [ours, anchor], [4, 8], ["psnr"], crops_dir=tmp_path,
+                      crop_ratios=[8], match=("pcdc:x@0", anchor), log=lambda s: None)
+    by = {(r["method"], r["target_ratio"]): r for r in rows}
+    full = 3 * 32 * 48 // 8
+    assert by[("hevc", 8)]["bytes"] == full and by[("pcdc:x@0", 8)]["bytes"] == full // 2
+    assert by[("hevc=pcdc:x@0", 8)]["bytes"] == full // 2 and by[("hevc=pcdc:x@0", 8)]["crop_only"]
+    assert ("hevc=pcdc:x@0", 4) not in by                                   # only at the crop ratio
+    assert by[("hevc", 8)]["psnr"] > by[("hevc=pcdc:x@0", 8)]["psnr"]       # scored per reconstruction
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a__hevc=pcdc-x-0__r8.png", "a__hevc__r8.png", "a__original.png", "a__pcdc-x-0__r8.png"]
+    seen = []
+    again = rd.measure([("a.png", image)], [ours, anchor], [4, 8], ["psnr"], crops_dir=tmp_path, crop_ratios=[8],
+                       match=("pcdc:x@0", anchor), done=rows[:3], on_row=seen.append, log=lambda s: None)
+    def strip(rs):
+        return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rs]
+    assert again[:3] == rows[:3] and seen == again[3:]                      # only the rest measured anew
+    assert strip(again) == strip(rows) and anchor.calls == [1152, 288, 576, 288, 576]   # match, then the budget
+
+
 # ---- codecs at a byte budget -------------------------------------------------------------------
 
 def test_best_within_binary_search():

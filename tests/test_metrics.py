@@ -110,6 +110,22 @@ def test_evaluate_inputs():
         metrics.evaluate(a[..., 0], a[..., 0])
 
 
+def test_one_reference_against_a_batch_equals_pairs():
+    """evaluate(x, ys) with one reference x (features computed once) gives the per-pair values,
+    in chunks too; a batch x of another size is refused."""
+    a = sample_image()[:64, :80]
+    which = ("psnr", "ssim", "lpips_alex", "dists")     # the broadcast path and the explicit one
+    rng = np.random.default_rng(0)
+    ys = np.stack([np.clip(a.astype(int) + rng.integers(-s, s + 1, a.shape), 0, 255).astype(np.uint8)
+                   for s in (2, 9, 25)])
+    together = metrics.evaluate(a, ys, which, max_batch_pixels=2 * 64 * 80)
+    for j, y in enumerate(ys):
+        for k, v in metrics.evaluate(a, y, which).items():
+            np.testing.assert_allclose(together[k][j], v[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="shapes differ"):
+        metrics.evaluate(np.stack([a, a]), ys)
+
+
 def test_rate_figures():
     assert fidelity.bpp(512, 64, 64) == pytest.approx(1.0)
     assert fidelity.compression_ratio(512, 64, 64) == pytest.approx(24.0)

@@ -28,6 +28,7 @@ METRICS = ("psnr", "ms_ssim", "lpips_alex", "dists")
 LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "ms_ssim": "MS-SSIM", "lpips_alex": "LPIPS (AlexNet)",
           "lpips_vgg": "LPIPS (VGG)", "dists": "DISTS"}
 RAW_BPP = 24.0
+METRIC_BATCH_PIXELS = 1 << 21       # reconstructions scored per call against one reference (5 Kodak images)
 
 
 def detail_crop(image: np.ndarray, size: int = 256) -> tuple[int, int, int]:
@@ -91,27 +92,38 @@ def measure(images: Sequence[tuple[str, np.ndarray]], codecs: Sequence, ratios: 
         for ratio in ratios:
             max_bytes = api.budget_bytes(h, w, ratio=ratio)
             base = {"image": name, "target_ratio": ratio, "height": h, "width": w}
-            keep = crop if ratio in crop_ratios else None
-            encoded = {}
+            at, pending, encoded = [], [], {}      # this ratio's rows; new (row, reconstruction) pairs
+
+            def run(codec, budget, row):
+                key = (getattr(codec, "encode_key", codec.name), budget)
+                if key not in encoded:
+                    encoded[key] = _encode(codec, image, budget)
+                row, out = _decode(image, codec, budget, encoded[key], row)
+                if out is not None:
+                    pending.append((row, out))
+                return row
+
             for codec in codecs:
-                row = finished.get((name, codec.name, ratio))
-                if row is None:
-                    key = getattr(codec, "encode_key", codec.name)
-                    if key not in encoded:
-                        encoded[key] = _encode(codec, image, max_bytes)
-                    row = _score(image, codec, max_bytes, encoded[key], {**base, "method": codec.name}, which,
-                                 crops_dir, keep, ratio)
-                add(row)
+                row = finished.get((name, codec.name, ratio)) or run(codec, max_bytes, {**base, "method": codec.name})
+                at.append(row)
                 if row["bytes"] is None:
                     log(f"{name}: {codec.name} cannot reach ratio {ratio:g} ({max_bytes} bytes)")
-                elif keep and match and codec.name == match[0]:
+                elif ratio in crop_ratios and crop and match and codec.name == match[0]:
                     label = f"{match[1].name}={codec.name}"
-                    add(finished.get((name, label, ratio)) or _score(
-                        image, match[1], row["bytes"], _encode(match[1], image, row["bytes"]),
-                        {**base, "method": label, "crop_only": True}, which, crops_dir, keep, ratio))
+                    at.append(finished.get((name, label, ratio)) or run(
+                        match[1], row["bytes"], {**base, "method": label, "crop_only": True}))
+            if pending:    # every new reconstruction of this image and ratio scored in one call
+                values = metrics.evaluate(image, np.stack([o for _, o in pending]), which,
+                                          max_batch_pixels=METRIC_BATCH_PIXELS)
+                for j, (row, out) in enumerate(pending):
+                    row.update({m: float(v[j]) for m, v in values.items()})
+                    if ratio in crop_ratios and crop:
+                        t, left, side = crop
+                        _save_png(crops_dir / crop_name(name, row["method"], ratio), out[t:t + side, left:left + side])
+            for row in at:
+                add(row)
             log(f"{name} r{ratio:g}: " + "  ".join(
-                f"{r['method']} {r['bpp']:.3f}bpp/{r.get('psnr', float('nan')):.2f}dB"
-                for r in rows if r["image"] == name and r["target_ratio"] == ratio and r["bytes"]))
+                f"{r['method']} {r['bpp']:.3f}bpp/{r.get('psnr', float('nan')):.2f}dB" for r in at if r["bytes"]))
     return rows
 
 
@@ -121,12 +133,12 @@ def _encode(codec, image, max_bytes) -> tuple[bytes | None, float]:
     return data, time.perf_counter() - t0
 
 
-def _score(image, codec, max_bytes, encoded, row, which, crops_dir, crop, ratio) -> dict:
-    """The row of one coded file: size, decode time, metrics; its crop saved when crop is given."""
+def _decode(image, codec, max_bytes, encoded, row) -> tuple[dict, np.ndarray | None]:
+    """The row of one coded file (size, times) and its reconstruction (None if it did not fit)."""
     data, row["encode_s"] = encoded
     row["max_bytes"] = max_bytes
     if data is None:
-        return {**row, "bytes": None, "note": f"cannot fit {max_bytes} bytes"}
+        return {**row, "bytes": None, "note": f"cannot fit {max_bytes} bytes"}, None
     if len(data) > max_bytes:
         raise AssertionError(f"{codec.name} wrote {len(data)} bytes over the budget {max_bytes}")
     t0 = time.perf_counter()
@@ -136,11 +148,7 @@ def _score(image, codec, max_bytes, encoded, row, which, crops_dir, crop, ratio)
         raise AssertionError(f"{codec.name} decoded {out.shape}, expected {image.shape}")
     h, w = image.shape[:2]
     row.update(bytes=len(data), bpp=8 * len(data) / (h * w), ratio=RAW_BPP * h * w / (8 * len(data)))
-    row.update({m: float(v[0]) for m, v in metrics.evaluate(image, out, which).items()})
-    if crop:
-        t, left, side = crop
-        _save_png(crops_dir / crop_name(row["image"], row["method"], ratio), out[t:t + side, left:left + side])
-    return row
+    return row, out
 
 
 def summarize(rows: list[dict], methods: Sequence[str], which: Sequence[str] = METRICS, *,
