@@ -58,6 +58,12 @@ def replicate(tree, mesh: Mesh):
     return jax.device_put(tree, replicated(mesh))
 
 
+def abstract_replicated(tree, mesh: Mesh):
+    """Shapes and dtypes of `tree`'s arrays, replicated over `mesh`: what to restore a replicated
+    checkpoint onto without computing a state first (e.g. `training.abstract_state(cfg)`)."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated(mesh)), tree)
+
+
 def shard_batch(x, mesh: Mesh):
     """This process's slice [b, ...] of the global batch -> the global array [b * processes, ...]
     split over the mesh; b must be divisible by the process's devices in the mesh."""

@@ -13,7 +13,6 @@ from PIL import Image
 from pcdc_jax.evaluation import bd, codecs, rd, report
 from tests.conftest import ROOT, SAMPLES
 
-ABLATE = ROOT / "eval" / "ablate_steps.py"
 
 
 # ---- Bjontegaard deltas: cases whose answer is known in closed form ---------------------------
@@ -198,12 +197,17 @@ def tiny_images(tmp_path_factory):
     return d
 
 
+def _script(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"eval_{name}", ROOT / "eval" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def rd_run(tiny_images, tiny_model_dir, tmp_path_factory):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("rd_script", ROOT / "eval" / "rd.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _script("rd")
     out = tmp_path_factory.mktemp("rd")
     argv = ["--data", str(tiny_images), "--out", str(out), "--model", str(tiny_model_dir),
             "--methods", "pcdc:uniform", "pcdc:greedy", "jpeg", "webp", "hevc", "--ratios", "4", "8", "16",
@@ -245,13 +249,10 @@ def test_rd_script_outputs(rd_run):
 
 @pytest.fixture(scope="module")
 def ablation(tiny_images, tiny_diffusion_model_dir, tmp_path_factory):
-    import subprocess
-    import sys
     out = tmp_path_factory.mktemp("ablate") / "ablate.json"
-    p = subprocess.run([sys.executable, str(ABLATE), "--model", str(tiny_diffusion_model_dir), "--data",
-                        str(tiny_images), "--level", "1", "--steps", "0", "1", "2", "--metrics", "psnr",
-                        "lpips_alex", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
-    assert p.returncode == 0, p.stderr[-2000:]
+    _script("ablate_steps").main(["--model", str(tiny_diffusion_model_dir), "--data", str(tiny_images),
+                                  "--level", "1", "--steps", "0", "1", "2", "--metrics", "psnr", "lpips_alex",
+                                  "--out", str(out)])
     return out
 
 

@@ -62,7 +62,15 @@ def test_joint_loss_schedule_and_gradients():
 def _cmd(run, steps, *extra):
     return [sys.executable, "train/train_codec.py", "--preset", "tiny", "--data", str(SAMPLES),
             "--run", str(run), "--steps", str(steps), "--set", "train.batch_size=4",
-            "train.checkpoint_every=4", *extra]
+            "train.checkpoint_every=3", *extra]
+
+
+def _env(devices=4):
+    """The training scripts' environment: the session's XLA flags (fast compilation, conftest)
+    with `devices` simulated CPU devices."""
+    flags = os.environ["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=4",
+                                            f"--xla_force_host_platform_device_count={devices}")
+    return {**os.environ, "XLA_FLAGS": flags}
 
 
 def _log(run):
@@ -75,22 +83,23 @@ def test_kill9_then_resume_continues_the_same_run(tmp_path):
     """Full (codec + U-Net) training on 4 simulated devices, killed with SIGKILL after its second
     checkpoint and resumed, logs the same losses as an uninterrupted run; export and --init-from
     work on the result."""
-    total = 24
-    subprocess.run(_cmd(tmp_path / "a", total), check=True, cwd=ROOT, capture_output=True)
+    total = 12
+    env = _env()
+    subprocess.run(_cmd(tmp_path / "a", total), check=True, cwd=ROOT, env=env, capture_output=True)
     straight = _log(tmp_path / "a")
-    proc = subprocess.Popen(_cmd(tmp_path / "b", total), cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cmd(tmp_path / "b", total), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     ck = tmp_path / "b" / "checkpoints"
     deadline = time.time() + 600
-    while not (ck / "8").is_dir() and proc.poll() is None and time.time() < deadline:
+    while not (ck / "6").is_dir() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = max(int(p.name) for p in ck.iterdir() if p.name.isdigit())
-    assert 8 <= killed_at < total
+    assert 6 <= killed_at < total
     out = subprocess.run(_cmd(tmp_path / "b", total, "--resume", "--export", str(tmp_path / "model")),
-                         check=True, cwd=ROOT, capture_output=True, text=True)
+                         check=True, cwd=ROOT, env=env, capture_output=True, text=True)
     assert f"resumed from step {killed_at}" in out.stderr
     resumed = _log(tmp_path / "b")
     assert sorted(resumed) == list(range(1, total + 1))
@@ -98,7 +107,7 @@ def test_kill9_then_resume_continues_the_same_run(tmp_path):
     np.testing.assert_allclose([resumed[s]["loss"] for s in after], [straight[s]["loss"] for s in after],
                                rtol=1e-5)
     assert resumed[total]["loss_diffusion"] > 0
-    assert sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit()) == [16, 20, 24]   # keep 3
+    assert sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit()) == [6, 9, 12]   # keep 3
 
     from pcdc_jax import api
     rt = api.load(tmp_path / "model")
@@ -106,13 +115,14 @@ def test_kill9_then_resume_continues_the_same_run(tmp_path):
 
     # --init-from starts a new run (step 0, fresh optimizer) from the exported codec and U-Net
     subprocess.run(_cmd(tmp_path / "c", 0, "train.lmbda=0.002", "--init-from", str(tmp_path / "model"),
-                        "--export", str(tmp_path / "model2")), check=True, cwd=ROOT, capture_output=True)
+                        "--export", str(tmp_path / "model2")), check=True, cwd=ROOT, env=env,
+                   capture_output=True)
     rt2 = api.load(tmp_path / "model2")
     assert rt2.cfg.codec == rt.cfg.codec and rt2.cfg.train.lmbda == 0.002
     for a, b in ((rt.params, rt2.params), (rt.model.unet, rt2.model.unet)):
         assert all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     bad = subprocess.run(_cmd(tmp_path / "d", 0, "diffusion.unet_channels=[8,8,8,8]", "--init-from",
-                              str(tmp_path / "model")), cwd=ROOT, capture_output=True, text=True)
+                              str(tmp_path / "model")), cwd=ROOT, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "architecture" in bad.stderr
 
 
@@ -122,7 +132,7 @@ def test_two_processes_train_one_model(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = _env(devices=2)
     procs = [subprocess.Popen(_cmd(tmp_path / "run", 6, "train.checkpoint_every=3", "--coordinator",
                                    f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)),
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -139,7 +149,7 @@ def test_two_processes_train_one_model(tmp_path):
     assert sorted(_log(run)) == list(range(1, 7))
     assert len(open(run / "metrics.jsonl").readlines()) == 6          # process 0 logs, once
     subprocess.run([sys.executable, "train/export_model.py", "--run", str(run), "--out", str(tmp_path / "m")],
-                   check=True, cwd=ROOT, capture_output=True)
+                   check=True, cwd=ROOT, env=_env(), capture_output=True)
     from pcdc_jax import checkpoint
     assert checkpoint.load_model(tmp_path / "m").unet is not None
 

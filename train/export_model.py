@@ -10,9 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import jax  # noqa: E402
-
-from pcdc_jax import checkpoint, training  # noqa: E402
+from pcdc_jax import checkpoint, parallel, training  # noqa: E402
 
 
 def main(argv=None):
@@ -26,7 +24,8 @@ def main(argv=None):
     if step is None:
         sys.exit(f"export_model: error: {args.run} has no checkpoint")
     cfg = checkpoint.restore_config(mngr, step)
-    state = checkpoint.restore_state(mngr, training.init_state(cfg, jax.random.PRNGKey(0)), step)
+    state = checkpoint.restore_state(mngr, parallel.abstract_replicated(training.abstract_state(cfg),
+                                                                        parallel.make_mesh(1)), step)
     training.export(args.out, cfg, state)
     print(f"exported step {step} of {args.run} to {args.out}")
 

@@ -58,15 +58,15 @@ def main(argv=None):
     mesh = trainer.mesh_for(ap, args, cfg)
     data = trainer.open_dataset(ap, args, cfg)          # before the (slow) model set-up
     key = jax.random.fold_in(trainer.root_key(cfg), 0)
-    if init is not None:
-        state = training.init_state(cfg, key, init.params, init.unet)
+    if resuming:         # onto the state's shapes: no parameters initialised only to be replaced
+        abstract = parallel.abstract_replicated(training.abstract_state(cfg), mesh)
+        state = checkpoint.restore_state(mngr, abstract)
+        print(f"resumed from step {int(state.step)}", file=sys.stderr)
+    elif init is not None:
+        state = parallel.replicate(training.init_state(cfg, key, init.params, init.unet), mesh)
         print(f"initialised from {args.init_from}", file=sys.stderr)
     else:
-        state = training.init_state(cfg, key)
-    state = parallel.replicate(state, mesh)
-    if resuming:
-        state = checkpoint.restore_state(mngr, state)
-        print(f"resumed from step {int(state.step)}", file=sys.stderr)
+        state = parallel.replicate(training.init_state(cfg, key), mesh)
     lpips = None
     if training.has_unet(cfg) and cfg.diffusion.lpips_weight > 0:
         lpips = parallel.replicate(weights.load("alex"), mesh)
