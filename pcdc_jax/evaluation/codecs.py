@@ -83,8 +83,8 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 
 
 class _Pillow(Codec):
-    def __init__(self, name, fmt, grid, options):
-        if not features.check(options.pop("_feature")):
+    def __init__(self, name, fmt, feature, grid, options):
+        if not features.check(feature):
             raise Unavailable(f"{name}: this Pillow build has no {fmt} support")
         self.name, self.label, self.fmt, self.grid, self.options = name, LABELS[name], fmt, grid, options
 
@@ -107,7 +107,7 @@ class _Jpeg2000(_Pillow):
     ratio 2000 down to 2 geometrically."""
 
     def __init__(self):
-        super().__init__("jpeg2000", "JPEG2000", list(np.geomspace(2000, 2, 96)), {"_feature": "jpg_2000"})
+        super().__init__("jpeg2000", "JPEG2000", "jpg_2000", list(np.geomspace(2000, 2, 96)), {})
 
     def _save(self, image, ratio):
         buf = io.BytesIO()
@@ -228,12 +228,9 @@ class Pcdc(Codec):
         return api.decompress(data, self.rt, steps=self.steps)
 
 
-def _pillow(name):
-    grids = {"jpeg": (list(range(1, 101)), {"_feature": "jpg", "subsampling": 2, "optimize": True}),
-             "webp": (list(range(0, 101)), {"_feature": "webp", "method": 6}),
-             "avif": (list(range(0, 101)), {"_feature": "avif", "subsampling": "4:2:0", "speed": 6})}
-    grid, options = grids[name]
-    return _Pillow(name, name.upper(), grid, dict(options))
+_PILLOW = {"jpeg": ("JPEG", "jpg", range(1, 101), {"subsampling": 2, "optimize": True}),
+           "webp": ("WEBP", "webp", range(0, 101), {"method": 6}),
+           "avif": ("AVIF", "avif", range(0, 101), {"subsampling": "4:2:0", "speed": 6})}
 
 
 def get(spec: str, runtime=None, steps: int | None = None) -> Codec:
@@ -243,8 +240,9 @@ def get(spec: str, runtime=None, steps: int | None = None) -> Codec:
         rest = spec.partition(":")[2] or "ppo"
         policy, _, s = rest.partition("@")
         return Pcdc(runtime, policy, int(s) if s else steps)
-    if spec in ("jpeg", "webp", "avif"):
-        return _pillow(spec)
+    if spec in _PILLOW:
+        fmt, feature, grid, options = _PILLOW[spec]
+        return _Pillow(spec, fmt, feature, list(grid), options)
     if spec == "jpeg2000":
         return _Jpeg2000()
     if spec == "jpegxl":
