@@ -29,6 +29,7 @@ td:first-child,th:first-child{text-align:left}
 .crops{display:flex;gap:6px;margin:6px 0 14px;flex-wrap:wrap}
 .crops figure{margin:0}.crops img{width:256px;height:256px;image-rendering:pixelated;border:1px solid #ccc}
 figcaption{font-size:12px;color:#444;max-width:256px}.note{color:#555}
+.plots img.wide{width:100%}#image-check{color:#888;font-size:11px}
 """
 CHECK = """<pre id="image-check">not checked</pre>
 <script>
@@ -136,7 +137,7 @@ def _ablation_section(path: Path, asset) -> str:
              f"{rows[0]['bpp']:.3f} bpp)</h2>", markdown_table(md)]
     png = path.with_suffix(".png")
     if png.exists():
-        parts.append(f"<div class='plots'><img src='{asset(png)}' alt='sampling-step ablation'></div>")
+        parts.append(f"<div class='plots'><img class='wide' src='{asset(png)}' alt='sampling-step ablation'></div>")
     return "\n".join(parts)
 
 
