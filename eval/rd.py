@@ -107,7 +107,12 @@ def main(argv=None):
         ap.error(f"{out} holds a run on other data or another model ({out / 'run.json'}); give a new --out")
     _write(out / "run.json", json.dumps(run))
     journal = out / "rows.jsonl"            # every measured row as it comes: a rerun resumes from it
-    done = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()] if journal.exists() else []
+    done = []
+    for line in journal.read_text().splitlines() if journal.exists() else []:
+        try:
+            done.append(json.loads(line))
+        except json.JSONDecodeError:    # the last line of a run killed while writing it
+            continue
     done = [r for r in done if set(args.metrics) <= set(r) or r.get("bytes") is None]
     if done:
         print(f"resuming: {len(done)} rows from {journal}", file=sys.stderr)
