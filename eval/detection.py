@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np  # noqa: E402
 
 from pcdc_jax import api  # noqa: E402
 from pcdc_jax.data.datasets import list_images  # noqa: E402
-from pcdc_jax.data.images import read_image  # noqa: E402
+from pcdc_jax.data.images import atomic_write_bytes, read_image  # noqa: E402
 from pcdc_jax.evaluation import detection as det  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,14 +184,12 @@ def main(argv=None):
     table = "\n".join(table)
     out = Path(args.out or ROOT / "outputs" / f"detection_r{args.ratio:g}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({
+    atomic_write_bytes(out, json.dumps({
         "detector": str(args.detector), "format": detector.format, "input_size": list(detector.input_size),
         "tile": detector.tile, "conf": args.conf, "data": str(args.data), "labels": args.labels,
         "ratio": args.ratio, "steps": args.steps, "methods": names, "unavailable": unavailable,
         "summary": summary, "accuracy": accuracy, "no_detections": empty, "skipped": skipped,
-        "table": table, "notes": notes, "images": per_image}, indent=2))
-    os.replace(tmp, out)
+        "table": table, "notes": notes, "images": per_image}, indent=2).encode())
     print("\n" + "\n".join(f"note: {n}" for n in notes) + "\n" + table)
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pcdc_jax import api, metrics  # noqa: E402
 from pcdc_jax.data.datasets import list_images  # noqa: E402
-from pcdc_jax.data.images import read_image  # noqa: E402
+from pcdc_jax.data.images import atomic_write_bytes, read_image  # noqa: E402
 from pcdc_jax.evaluation import codecs, figures, rd  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,9 +46,7 @@ def _threshold(s: str):
 
 def _write(path: Path, text: str):
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_bytes(path, text.encode())
 
 
 def main(argv=None):

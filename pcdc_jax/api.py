@@ -290,12 +290,12 @@ def budget_bytes(height: int, width: int, ratio: float | None = None, bpp: float
 
 
 def compress(image: np.ndarray, runtime: Runtime, *, level: int | None = None,
-             ratio: float | None = None, bpp: float | None = None, policy: str | None = None,
-             adapt_steps: int = 0, metadata: dict | None = None) -> CompressResult:
+             ratio: float | None = None, bpp: float | None = None, max_bytes: int | None = None,
+             policy: str | None = None, adapt_steps: int = 0, metadata: dict | None = None) -> CompressResult:
     """Compresses uint8 [H, W, 3].
 
-    With `level`, every block uses that level. With `ratio` or `bpp`, the file never exceeds the
-    budget (BudgetError if even the coarsest level does not fit) and `policy` allocates the levels
+    With `level`, every block uses that level. With `ratio`, `bpp` or `max_bytes` (one of them),
+    the file never exceeds the budget (BudgetError if even the coarsest level does not fit) and `policy` allocates the levels
     per block: "ppo" (the model's trained policy; the default when it has one), "uniform" (the
     finest uniform level that fits; the default otherwise), "greedy" or "hf" (baselines).
     adapt_steps > 0 first adapts the PPO policy to this image (test-time adaptation). Without
@@ -305,8 +305,12 @@ def compress(image: np.ndarray, runtime: Runtime, *, level: int | None = None,
         raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
     if adapt_steps < 0:
         raise ValueError(f"adapt_steps must be >= 0, got {adapt_steps}")
+    if sum(b is not None for b in (ratio, bpp, max_bytes)) > 1:
+        raise ValueError("give one budget: ratio, bpp or max_bytes")
+    if max_bytes is not None and max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive number of bytes, got {max_bytes}")
     an = runtime.analyze(image)
-    if ratio is None and bpp is None:
+    if ratio is None and bpp is None and max_bytes is None:
         if policy is not None or adapt_steps:
             raise ValueError("a policy allocates levels under a budget: give --ratio or --bpp")
         return runtime.encode(an, runtime.uniform_levels(
@@ -316,7 +320,7 @@ def compress(image: np.ndarray, runtime: Runtime, *, level: int | None = None,
     policy = policy or ("ppo" if runtime.has_policy else "uniform")
     if adapt_steps and policy != "ppo":
         raise ValueError("test-time adaptation (adapt_steps) applies to the ppo policy")
-    limit = budget_bytes(an.height, an.width, ratio, bpp)
+    limit = max_bytes if max_bytes is not None else budget_bytes(an.height, an.width, ratio, bpp)
     coarsest = runtime.encode(an, runtime.uniform_levels(an, 0), metadata)
     if len(coarsest.data) > limit:
         n = len(coarsest.data)

@@ -59,6 +59,12 @@ def test_bpp_budget_and_impossible_budget(tiny, coffee):
     with pytest.raises(BudgetError) as e:
         api.compress(img, tiny, ratio=100000)
     assert e.value.max_ratio < 100000 and "coarsest level" in str(e.value)
+    n = len(r.data) - 1                                 # a byte budget, as the evaluation uses
+    assert len(api.compress(img, tiny, max_bytes=n).data) <= n
+    with pytest.raises(ValueError, match="one budget"):
+        api.compress(img, tiny, max_bytes=n, bpp=3.0)
+    with pytest.raises(ValueError, match="positive"):
+        api.compress(img, tiny, max_bytes=0)
 
 
 def test_bad_arguments(tiny, coffee):

@@ -216,10 +216,8 @@ class Pcdc(Codec):
         from pcdc_jax import api
         from pcdc_jax.errors import BudgetError
 
-        image = _rgb(image)
-        px = image.shape[0] * image.shape[1]
-        try:   # a bpp whose floor(bpp * px / 8) is exactly max_bytes
-            return api.compress(image, self.rt, bpp=(8 * max_bytes + 4) / px, policy=self.policy).data
+        try:
+            return api.compress(_rgb(image), self.rt, max_bytes=max_bytes, policy=self.policy).data
         except BudgetError:
             return None
 

@@ -1,11 +1,13 @@
 """Figures of the evaluation (matplotlib, Agg; PNGs written to a temporary name, then renamed)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
 from pcdc_jax import metrics
+from pcdc_jax.data.images import atomic_write_bytes
 from pcdc_jax.evaluation import rd
 
 
@@ -18,11 +20,11 @@ def _figure(*args, **kw):
 
 def _save(plt, fig, path: Path):
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def rd_curves(summary: dict, key: str, path: Path, labels: dict | None = None, title: str = ""):

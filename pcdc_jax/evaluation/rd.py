@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image
-
 from pcdc_jax import api, metrics
+from pcdc_jax.data.images import atomic_write_bytes, write_image
 from pcdc_jax.evaluation import bd
 
 METRICS = ("psnr", "ms_ssim", "lpips_alex", "dists")
@@ -49,15 +48,6 @@ def detail_crop(image: np.ndarray, size: int = 256) -> tuple[int, int, int]:
     return best[1], best[2], side
 
 
-def _save_png(path: Path, image: np.ndarray):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "PNG")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
-
-
 def crop_name(image: str, method: str, ratio: float | None = None) -> str:
     """The file name of a side-by-side crop (the original when method is "original")."""
     safe = method.replace(":", "-").replace("@", "-")
@@ -77,6 +67,8 @@ def measure(images: Sequence[tuple[str, np.ndarray]], codecs: Sequence, ratios: 
     method "CODEC=METHOD" and crop_only True, which `summarize` leaves out. Rows in `done` (from an
     earlier, interrupted run) are kept, not measured again; `on_row` sees each new row as it comes."""
     rows, finished = [], {(r["image"], r["method"], r["target_ratio"]): r for r in done}
+    if crops_dir:
+        crops_dir.mkdir(parents=True, exist_ok=True)
 
     def add(row):
         rows.append(row)
@@ -88,7 +80,7 @@ def measure(images: Sequence[tuple[str, np.ndarray]], codecs: Sequence, ratios: 
         crop = detail_crop(image) if crops_dir else None
         if crop:
             t, left, side = crop
-            _save_png(crops_dir / crop_name(name, "original"), image[t:t + side, left:left + side])
+            write_image(crops_dir / crop_name(name, "original"), image[t:t + side, left:left + side])
         for ratio in ratios:
             max_bytes = api.budget_bytes(h, w, ratio=ratio)
             base = {"image": name, "target_ratio": ratio, "height": h, "width": w}
@@ -119,7 +111,7 @@ def measure(images: Sequence[tuple[str, np.ndarray]], codecs: Sequence, ratios: 
                     row.update({m: float(v[j]) for m, v in values.items()})
                     if ratio in crop_ratios and crop:
                         t, left, side = crop
-                        _save_png(crops_dir / crop_name(name, row["method"], ratio), out[t:t + side, left:left + side])
+                        write_image(crops_dir / crop_name(name, row["method"], ratio), out[t:t + side, left:left + side])
             for row in at:
                 add(row)
             log(f"{name} r{ratio:g}: " + "  ".join(
@@ -161,8 +153,8 @@ def summarize(rows: list[dict], methods: Sequence[str], which: Sequence[str] = M
     for ratio in ratios:
         at = [r for r in rows if r["target_ratio"] == ratio and r["method"] in methods]
         images = sorted({r["image"] for r in at})
-        ok = [i for i in images
-              if all(any(r["image"] == i and r["method"] == m and r["bytes"] for r in at) for m in methods)]
+        coded = {(r["image"], r["method"]) for r in at if r["bytes"]}
+        ok = [i for i in images if all((i, m) in coded for m in methods)]
         if not ok:
             continue
         for m in methods:
@@ -205,15 +197,13 @@ def points(curve: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_csv(rows: list[dict], path: Path):
-    keys = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        wr = csv.DictWriter(f, keys)
-        wr.writeheader()
-        wr.writerows(rows)
-    tmp.replace(path)
+    """The rows as CSV (every key any row has), written atomically."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, keys)
+    wr.writeheader()
+    wr.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def _fmt(v, spec):

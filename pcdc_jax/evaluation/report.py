@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from pcdc_jax.data.images import atomic_write_bytes
 from pcdc_jax.evaluation import rd
 
 CSS = """
@@ -163,9 +164,7 @@ def build(page: str | Path, rd_dirs: Sequence = (), ablations: Sequence = (), de
     body += [_detection_section(Path(d)) for d in detections]
     text = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n" + CHECK + "\n</body></html>\n")
-    tmp = page.with_name(page.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(page)
+    atomic_write_bytes(page, text.encode())
     return page
 
 
