@@ -375,8 +375,6 @@ def decompress(data: bytes, runtime: Runtime, *, steps: int | None = None, seed:
     batch: windows per sampling call; devices: how many local devices to shard them over.
     """
     steps = runtime.default_steps if steps is None else steps
-    if not 0 <= seed < 2 ** 31:
-        raise ValueError(f"seed must be in [0, 2**31), got {seed}")
     c = runtime.parse(data)
     symbols, mu = runtime.decode_latent(c)
     return runtime.synthesize(runtime.dequantize(symbols, mu, c.levels), c.levels, c.height, c.width,

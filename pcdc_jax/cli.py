@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 EXIT_USAGE, EXIT_FAILURE, EXIT_BUDGET = 2, 1, 3
+POLICIES = ("ppo", "uniform", "greedy", "hf")   # api.POLICIES, without importing JAX for --help
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--ratio", type=float, help="file at most (24*H*W/8)/R bytes")
     g.add_argument("--bpp", type=float, help="file at most B*H*W/8 bytes")
     g.add_argument("--level", type=int, help="uniform quantization level (0 coarsest .. K-1 finest)")
-    c.add_argument("--policy", choices=("ppo", "uniform", "greedy", "hf"),
+    c.add_argument("--policy", choices=POLICIES,
                    help="per-block level allocation under --ratio/--bpp: ppo (the model's trained "
                    "policy, the default when it has one), uniform (one level for all blocks), "
                    "greedy (Lagrangian on a latent distortion proxy), hf (high-frequency energy)")
@@ -53,6 +54,34 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--reference", help="original image: also print PSNR against it")
     d.add_argument("--quiet", action="store_true")
 
+    cb = sub.add_parser("compress-batch", help="many images (folder or glob) -> .pcdc files, "
+                        "mirroring their relative paths")
+    cb.add_argument("input", help="a folder (recursive), a glob such as 'frames/**/*.tif', or one image")
+    cb.add_argument("-o", "--output", required=True, help="output folder")
+    g = cb.add_mutually_exclusive_group()
+    g.add_argument("--ratio", type=float, help="each file at most (24*H*W/8)/R bytes")
+    g.add_argument("--bpp", type=float, help="each file at most B*H*W/8 bytes")
+    g.add_argument("--level", type=int, help="uniform quantization level (0 coarsest .. K-1 finest)")
+    cb.add_argument("--policy", choices=POLICIES, help="per-block allocation (as for compress)")
+    _batch_arguments(cb)
+
+    db = sub.add_parser("decompress-batch", help="many .pcdc files (folder, glob or .tar) -> "
+                        "images, mirroring their relative paths")
+    db.add_argument("input", help="a folder (recursive), a glob, a .tar archive, or one file")
+    db.add_argument("-o", "--output", required=True, help="output folder")
+    db.add_argument("--format", choices=("png", "tif"), default="png",
+                    help="output images (tif keeps GeoTIFF tags; default png)")
+    db.add_argument("--steps", type=int, help="DDIM steps (default: the model's)")
+    db.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    db.add_argument("--eta", type=float, help="DDIM eta (default: the model's)")
+    db.add_argument("--t-start", type=float, help="DDIM start time (default: the model's)")
+    db.add_argument("--batch", type=int, help="windows per device call, packed from many files "
+                    "(rounded up to the devices; default: the model's)")
+    db.add_argument("--devices", type=int, help="local devices to shard windows over (default: all)")
+    db.add_argument("--max-open", type=int, default=4, metavar="N",
+                    help="images decoded at once (bounds memory; default 4)")
+    _batch_arguments(db)
+
     i = sub.add_parser("info", help="describe a .pcdc file (and the model that decodes it)")
     i.add_argument("input")
     i.add_argument("--model", help="model directory (default: $PCDC_MODEL or the shipped model)")
@@ -65,6 +94,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="some of psnr ssim ms_ssim lpips_alex lpips_vgg dists (default: all)")
     m.add_argument("--json", action="store_true")
     return ap
+
+
+def _batch_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model directory (default: $PCDC_MODEL or the shipped model)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo outputs that exist (default: skip them; they are complete)")
+    p.add_argument("--workers", type=int, help="host threads reading and entropy-coding "
+                   "(default: CPUs, at most 8)")
+    p.add_argument("--summary", metavar="FILE.json", help="also write the summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="multi-host: process 0's address; each process takes its share of the files")
+    p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    p.add_argument("--process-id", type=int, help="multi-host: this process's index")
 
 
 def _read_bytes(path: str) -> bytes:
@@ -84,6 +127,7 @@ def _check_output(path: str) -> None:
 
 def _compress(args) -> int:
     from pcdc_jax import api
+    from pcdc_jax.data import geotiff
     from pcdc_jax.data.images import atomic_write_bytes, read_image
 
     _check_output(args.output)
@@ -94,7 +138,8 @@ def _compress(args) -> int:
     rt = api.load(args.model)
     t0 = time.time()
     result = api.compress(image, rt, level=args.level, ratio=args.ratio, bpp=args.bpp,
-                          policy=args.policy, adapt_steps=args.adapt_steps)
+                          policy=args.policy, adapt_steps=args.adapt_steps,
+                          metadata=geotiff.metadata_of(args.input))
     dt = time.time() - t0
     atomic_write_bytes(args.output, result.data)
     h, w = image.shape[:2]
@@ -109,6 +154,7 @@ def _compress(args) -> int:
 
 def _decompress(args) -> int:
     from pcdc_jax import api
+    from pcdc_jax.data import geotiff
     from pcdc_jax.data.images import read_image, write_image
 
     _check_output(args.output)
@@ -123,7 +169,11 @@ def _decompress(args) -> int:
     image = api.decompress(data, rt, steps=steps, seed=args.seed, eta=args.eta, t_start=args.t_start,
                            batch=args.batch, devices=args.devices)
     dt = time.time() - t0
-    write_image(args.output, image)
+    metadata = rt.parse(data).metadata
+    if metadata.get(geotiff.META_KEY) and suffix not in geotiff.TIFF_SUFFIXES:
+        print(f"notice: {args.input} carries GeoTIFF tags that {suffix} cannot hold; "
+              "decompress to .tif to keep them", file=sys.stderr)
+    write_image(args.output, image, metadata)
     h, w = image.shape[:2]
     msg = (f"{args.input} -> {args.output} ({w}x{h}): {8 * len(data) / (h * w):.4f} bpp, "
            f"ratio {3 * h * w / len(data):.1f}:1, {steps} steps, {dt:.2f} s")
@@ -138,6 +188,42 @@ def _decompress(args) -> int:
     if not args.quiet:
         print(msg)
     return 0
+
+
+def _batch(args) -> int:
+    from pcdc_jax import api, archive, parallel
+    from pcdc_jax.data.images import IMAGE_SUFFIXES, atomic_write_bytes
+
+    for name in ("workers", "batch", "devices", "max_open"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+    decompress = args.command == "decompress-batch"
+    if decompress:
+        sources, refused = archive.find_inputs(args.input, (archive.PCDC_SUFFIX,), ".pcdc")
+    else:
+        sources, refused = archive.find_inputs(args.input, IMAGE_SUFFIXES, "image")
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    sources = archive.process_share(sources)
+    rt = api.load(args.model)
+    show = not args.quiet and sys.stderr.isatty()
+    if decompress:
+        summary = archive.decompress_batch(
+            sources, args.output, rt, fmt=args.format, steps=args.steps, seed=args.seed,
+            eta=args.eta, t_start=args.t_start, batch=args.batch, devices=args.devices,
+            overwrite=args.overwrite, workers=args.workers, max_open=args.max_open,
+            progress=show, refused=refused)
+    else:
+        summary = archive.compress_batch(
+            sources, args.output, rt, ratio=args.ratio, bpp=args.bpp, level=args.level,
+            policy=args.policy, overwrite=args.overwrite, workers=args.workers, progress=show)
+    import jax
+    prefix = f"process {jax.process_index()}/{jax.process_count()}: " if jax.process_count() > 1 else ""
+    print("\n".join(prefix + line for line in summary.lines()), file=sys.stderr if summary.failed else sys.stdout)
+    if args.summary:
+        atomic_write_bytes(args.summary, (json.dumps(summary.to_json(), indent=2) + "\n").encode())
+    return 0 if summary.ok else EXIT_FAILURE
 
 
 def _info(args) -> int:
@@ -207,8 +293,8 @@ def main(argv=None) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)
     from pcdc_jax.errors import BudgetError, PCDCError
     try:
-        return {"compress": _compress, "decompress": _decompress, "info": _info,
-                "metrics": _metrics}[args.command](args)
+        return {"compress": _compress, "decompress": _decompress, "compress-batch": _batch,
+                "decompress-batch": _batch, "info": _info, "metrics": _metrics}[args.command](args)
     except BudgetError as e:
         print(f"pcdc {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BUDGET

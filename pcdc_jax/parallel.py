@@ -45,6 +45,15 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
+def local_mesh(num_devices: int | None = None) -> Mesh:
+    """1-D data-parallel mesh over the first `num_devices` of this process's own devices (all by
+    default): for work each process does alone, such as decoding its share of an archive."""
+    devices = jax.local_devices()
+    if num_devices is not None and not 1 <= num_devices <= len(devices):
+        raise ValueError(f"asked for {num_devices} devices, {len(devices)} available")
+    return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -75,13 +75,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Writes RGB uint8 [H, W, 3] atomically; the format follows the suffix (PNG, TIFF, ...)."""
+def write_image(path: str | os.PathLike, image: np.ndarray, metadata: dict | None = None) -> None:
+    """Writes RGB uint8 [H, W, 3] atomically; the format follows the suffix (PNG, TIFF, ...).
+
+    TIFFs are deflate-compressed and carry the GeoTIFF tags of a container's `metadata`
+    (`geotiff.extratags`); other formats have no place for them.
+    """
     import io
 
+    from pcdc_jax.data import geotiff
+
     path = Path(path)
-    fmt = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".webp": "WEBP"}.get(
-        path.suffix.lower())
+    suffix = path.suffix.lower()
+    if suffix in geotiff.TIFF_SUFFIXES:
+        atomic_write_bytes(path, geotiff.tiff_bytes(image, metadata))
+        return
+    fmt = {".png": "PNG", ".bmp": "BMP", ".webp": "WEBP"}.get(suffix)
     if fmt is None:
         raise ValueError(f"{path}: unsupported output format (use .png, .tif, .bmp or .webp)")
     buf = io.BytesIO()
