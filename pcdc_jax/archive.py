@@ -34,7 +34,7 @@ import numpy as np
 
 from pcdc_jax import api
 from pcdc_jax.data import geotiff
-from pcdc_jax.data.images import IMAGE_SUFFIXES, atomic_write_bytes, read_image, to_uint8, write_image
+from pcdc_jax.data.images import atomic_write_bytes, read_image, to_uint8, write_image
 from pcdc_jax.errors import PCDCError
 
 PCDC_SUFFIX = ".pcdc"
