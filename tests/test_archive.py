@@ -303,3 +303,24 @@ def test_two_processes_split_an_archive(tmp_path, archive_dir, singles, tiny_dif
     assert sorted(got) == sorted(singles)
     for k, v in singles.items():
         np.testing.assert_array_equal(got[k], v, err_msg=k)
+
+
+def test_bench_archive_modes_and_table(tmp_path, tiny_diffusion_model_dir):
+    """eval/bench_archive.py's per-process modes, run in this process, and its table."""
+    import argparse
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_archive", ROOT / "eval" / "bench_archive.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (tmp_path / "images").mkdir()
+    for i in range(3):
+        Image.fromarray(sample_image()[30 * i:30 * i + 64, :96]).save(tmp_path / "images" / f"{i}.png")
+    rows = []
+    for mode, files in (("compress", 0), ("batch", 0), ("batch", 2), ("loop", 0)):
+        rows.append(bench.child(argparse.Namespace(
+            child=mode, work=str(tmp_path), model=str(tiny_diffusion_model_dir), ratio=8.0, steps=1,
+            files=files, workers=None)))
+    assert rows[0]["done"] == 3 and [r["files"] for r in rows[1:]] == [3, 2, 3]
+    assert all(r["megapixels"] > 0 and r["mp_per_s"] > 0 for r in rows[1:])
+    table = bench.table(rows, 4)
+    assert table.count("\n| batch |") == 2 and "| loop | 4 | 3 |" in table
