@@ -243,6 +243,11 @@ class Runtime:
         list(self.pool.map(work, range(len(tiles))))
         return symbols, mu
 
+    def latent(self, c: bitstream.Container) -> np.ndarray:
+        """The dequantized latent y_hat float32 [h, w, M] of a parsed file (host work only)."""
+        symbols, mu = self.decode_latent(c)
+        return self.dequantize(symbols, mu, c.levels)
+
     def synthesize(self, y_hat: np.ndarray, levels: np.ndarray, height: int, width: int, *,
                    steps: int = 0, seed: int = 0, eta: float | None = None,
                    t_start: float | None = None, batch: int | None = None,
@@ -363,10 +368,10 @@ def _finest_uniform(an: Analysis, runtime: Runtime, limit: int, coarsest: Compre
     return coarsest
 
 
-def decompress(data: bytes, runtime: Runtime, *, steps: int | None = None, seed: int = 0,
+def decompress(data: bytes | bitstream.Container, runtime: Runtime, *, steps: int | None = None, seed: int = 0,
                eta: float | None = None, t_start: float | None = None, batch: int | None = None,
                devices: int | None = None) -> np.ndarray:
-    """.pcdc bytes -> uint8 [H, W, 3].
+    """.pcdc bytes (or the file already parsed by `runtime.parse`) -> uint8 [H, W, 3].
 
     steps: DDIM steps of the diffusion decoder (default: the model's; 0 gives the context
     decoder's x_base). seed: noise seed (same seed, same image on any device count and batch).
@@ -375,9 +380,8 @@ def decompress(data: bytes, runtime: Runtime, *, steps: int | None = None, seed:
     batch: windows per sampling call; devices: how many local devices to shard them over.
     """
     steps = runtime.default_steps if steps is None else steps
-    c = runtime.parse(data)
-    symbols, mu = runtime.decode_latent(c)
-    return runtime.synthesize(runtime.dequantize(symbols, mu, c.levels), c.levels, c.height, c.width,
+    c = data if isinstance(data, bitstream.Container) else runtime.parse(data)
+    return runtime.synthesize(runtime.latent(c), c.levels, c.height, c.width,
                               steps=steps, seed=seed, eta=eta, t_start=t_start, batch=batch,
                               devices=devices)
 

@@ -299,9 +299,7 @@ def decompress_batch(sources: list[Source], out_dir: str | os.PathLike, runtime:
     def prepare(item: tuple[Source, Path]) -> _Decoded:
         src, out = item
         c = runtime.parse(src.read_bytes())
-        symbols, mu = runtime.decode_latent(c)
-        return _Decoded(src, out, c.height, c.width, runtime.dequantize(symbols, mu, c.levels),
-                        c.levels, c.metadata)
+        return _Decoded(src, out, c.height, c.width, runtime.latent(c), c.levels, c.metadata)
 
     def write(d: _Decoded, canvas: np.ndarray) -> Callable[[], None]:
         def run():

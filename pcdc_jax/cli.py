@@ -102,7 +102,8 @@ def _batch_arguments(p: argparse.ArgumentParser) -> None:
                    help="redo outputs that exist (default: skip them; they are complete)")
     p.add_argument("--workers", type=int, help="host threads reading and entropy-coding "
                    "(default: CPUs, at most 8)")
-    p.add_argument("--summary", metavar="FILE.json", help="also write the summary as JSON")
+    p.add_argument("--summary", metavar="FILE.json", help="also write the summary as JSON (with "
+                   "several processes, FILE.processI.json for process I)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--coordinator", metavar="HOST:PORT",
                    help="multi-host: process 0's address; each process takes its share of the files")
@@ -166,14 +167,14 @@ def _decompress(args) -> int:
     rt = api.load(args.model)
     steps = rt.default_steps if args.steps is None else args.steps
     t0 = time.time()
-    image = api.decompress(data, rt, steps=steps, seed=args.seed, eta=args.eta, t_start=args.t_start,
+    c = rt.parse(data)
+    image = api.decompress(c, rt, steps=steps, seed=args.seed, eta=args.eta, t_start=args.t_start,
                            batch=args.batch, devices=args.devices)
     dt = time.time() - t0
-    metadata = rt.parse(data).metadata
-    if metadata.get(geotiff.META_KEY) and suffix not in geotiff.TIFF_SUFFIXES:
+    if c.metadata.get(geotiff.META_KEY) and suffix not in geotiff.TIFF_SUFFIXES:
         print(f"notice: {args.input} carries GeoTIFF tags that {suffix} cannot hold; "
               "decompress to .tif to keep them", file=sys.stderr)
-    write_image(args.output, image, metadata)
+    write_image(args.output, image, c.metadata)
     h, w = image.shape[:2]
     msg = (f"{args.input} -> {args.output} ({w}x{h}): {8 * len(data) / (h * w):.4f} bpp, "
            f"ratio {3 * h * w / len(data):.1f}:1, {steps} steps, {dt:.2f} s")
@@ -222,7 +223,10 @@ def _batch(args) -> int:
     prefix = f"process {jax.process_index()}/{jax.process_count()}: " if jax.process_count() > 1 else ""
     print("\n".join(prefix + line for line in summary.lines()), file=sys.stderr if summary.failed else sys.stdout)
     if args.summary:
-        atomic_write_bytes(args.summary, (json.dumps(summary.to_json(), indent=2) + "\n").encode())
+        path = Path(args.summary)
+        if jax.process_count() > 1:            # one summary per process, never overwritten
+            path = path.with_name(f"{path.stem}.process{jax.process_index()}{path.suffix}")
+        atomic_write_bytes(path, (json.dumps(summary.to_json(), indent=2) + "\n").encode())
     return 0 if summary.ok else EXIT_FAILURE
 
 

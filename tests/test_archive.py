@@ -113,8 +113,7 @@ def test_stream_bounds_open_images(tiny_diffusion, archive_dir):
     done = {}
     for i, p in enumerate(sorted(archive_dir.rglob("*.pcdc")) * 3):
         c = tiny_diffusion.parse(p.read_bytes())
-        symbols, mu = tiny_diffusion.decode_latent(c)
-        stream.add(tiny_diffusion.dequantize(symbols, mu, c.levels), c.levels, tag=(i, p))
+        stream.add(tiny_diffusion.latent(c), c.levels, tag=(i, p))
         assert stream.open <= 2
         done.update(stream.pop_done())
     stream.close()
@@ -122,7 +121,7 @@ def test_stream_bounds_open_images(tiny_diffusion, archive_dir):
     assert len(done) == 3 * len(SIZES) and stream.open == 0
     # Windows of same-sized images share batches: 6 one-window images in 2 calls of 4 windows.
     one = tiny_diffusion.parse((archive_dir / "img0.pcdc").read_bytes())
-    y_hat = tiny_diffusion.dequantize(*tiny_diffusion.decode_latent(one), one.levels)
+    y_hat = tiny_diffusion.latent(one)
     calls, stream = dec.calls, dec.stream(steps=0, batch=4)
     for i in range(6):
         stream.add(y_hat, one.levels, tag=i)
@@ -290,14 +289,14 @@ def test_two_processes_split_an_archive(tmp_path, archive_dir, singles, tiny_dif
     procs = [subprocess.Popen(
         [sys.executable, "-m", "pcdc_jax.cli", "decompress-batch", str(archive_dir), "-o", str(out),
          "--model", str(tiny_diffusion_model_dir), "--steps", str(STEPS), "--seed", "3", "--quiet",
-         "--summary", str(tmp_path / f"s{i}.json"), "--coordinator", f"127.0.0.1:{port}",
+         "--summary", str(tmp_path / "s.json"), "--coordinator", f"127.0.0.1:{port}",
          "--num-processes", "2", "--process-id", str(i)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     results = [p.communicate(timeout=600) for p in procs]
     for p, (o, e) in zip(procs, results):
         assert p.returncode == 0, e
     assert [f"process {i}/2:" in results[i][0] for i in range(2)] == [True, True]
-    done = [json.loads((tmp_path / f"s{i}.json").read_text())["done"] for i in range(2)]
+    done = [json.loads((tmp_path / f"s.process{i}.json").read_text())["done"] for i in range(2)]
     assert sorted(done) == [len(SIZES) // 2, len(SIZES) - len(SIZES) // 2]
     got = outputs(out)
     assert sorted(got) == sorted(singles)

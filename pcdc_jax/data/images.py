@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pcdc_jax.data import geotiff
 from pcdc_jax.errors import ImageReadError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
@@ -82,8 +83,6 @@ def write_image(path: str | os.PathLike, image: np.ndarray, metadata: dict | Non
     (`geotiff.extratags`); other formats have no place for them.
     """
     import io
-
-    from pcdc_jax.data import geotiff
 
     path = Path(path)
     suffix = path.suffix.lower()
