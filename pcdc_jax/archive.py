@@ -77,13 +77,15 @@ class _Tar:
                 raise PCDCError(f"cannot read from the archive ({e})") from None
 
 
-def find_inputs(spec: str, suffixes: Iterable[str], what: str) -> tuple[list[Source], list[tuple[str, str]]]:
+def find_inputs(spec: str, suffixes: Iterable[str], what: str,
+                tar: bool = True) -> tuple[list[Source], list[tuple[str, str]]]:
     """The input files of `spec` with one of `suffixes`, sorted by name, and the members that
     were refused ([(name, reason)]: a tar member whose path leaves the output folder).
 
     spec: a folder (searched recursively, hidden files and folders left out), one file, a tar
     archive (`.tar`, `.tar.gz`, ...) or a glob pattern (`**` recursive); names are relative to the
-    folder, the archive's root or the pattern's fixed leading folders. PCDCError if nothing matches.
+    folder, the archive's root or the pattern's fixed leading folders. PCDCError if nothing
+    matches, or for a tar archive when `tar` is False.
     """
     suffixes = tuple(s.lower() for s in suffixes)
     path = Path(spec)
@@ -94,16 +96,19 @@ def find_inputs(spec: str, suffixes: Iterable[str], what: str) -> tuple[list[Sou
                  and not any(p.startswith(".") for p in f.relative_to(path).parts)]
         sources = [Source(n, f) for n, f in files]
     elif path.is_file() and path.suffix.lower() not in suffixes and tarfile.is_tarfile(path):
-        tar = _Tar(path)
+        if not tar:
+            raise PCDCError(f"{spec}: a tar archive; extract it first (this command reads "
+                            "folders, globs and single files)")
+        archive = _Tar(path)
         sources = []
-        for m in tar.tar.getmembers():
+        for m in archive.tar.getmembers():
             name = PurePosixPath(m.name)
             if not m.isfile() or name.suffix.lower() not in suffixes:
                 continue
             if name.is_absolute() or ".." in name.parts:
                 refused.append((m.name, "path leaves the output folder; not extracted"))
                 continue
-            sources.append(Source(name.as_posix().removeprefix("./"), tar=tar, member=m))
+            sources.append(Source(name.as_posix().removeprefix("./"), tar=archive, member=m))
     elif path.is_file():
         sources = [Source(path.name, path)]
     else:

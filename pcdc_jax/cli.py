@@ -204,7 +204,7 @@ def _batch(args) -> int:
     if decompress:
         sources, refused = archive.find_inputs(args.input, (archive.PCDC_SUFFIX,), ".pcdc")
     else:
-        sources, refused = archive.find_inputs(args.input, IMAGE_SUFFIXES, "image")
+        sources, refused = archive.find_inputs(args.input, IMAGE_SUFFIXES, "image", tar=False)
     Path(args.output).mkdir(parents=True, exist_ok=True)
     sources = archive.process_share(sources)
     rt = api.load(args.model)

@@ -190,6 +190,8 @@ def test_tar_and_glob_inputs(capsys, tmp_path, archive_dir, singles, tiny_diffus
 
     sources, refused = archive.find_inputs(str(archive_dir / "**" / "*.pcdc"), (".pcdc",), ".pcdc")
     assert [s.name for s in sources] == sorted(f"{k}.pcdc" for k in singles) and not refused
+    with pytest.raises(PCDCError, match="extract it first"):
+        archive.find_inputs(str(tar), (".png",), "image", tar=False)
     with pytest.raises(PCDCError, match="no .pcdc files"):
         archive.find_inputs(str(tmp_path / "nothing" / "*.pcdc"), (".pcdc",), ".pcdc")
 
