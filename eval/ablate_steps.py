@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np  # noqa: E402
 from pcdc_jax import api, metrics  # noqa: E402
 from pcdc_jax.codec import bitstream  # noqa: E402
 from pcdc_jax.data.datasets import list_images  # noqa: E402
-from pcdc_jax.data.images import read_image  # noqa: E402
+from pcdc_jax.data.images import atomic_write_bytes, read_image  # noqa: E402
 from pcdc_jax.diffusion import windows  # noqa: E402
 from pcdc_jax.evaluation import figures  # noqa: E402
 from pcdc_jax.errors import BudgetError  # noqa: E402
@@ -92,10 +91,9 @@ def main(argv=None):
         print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({"data": args.data, "images": [f.name for f in files], "skipped": skipped,
-                               "level": args.level, "ratio": args.ratio, "rows": rows}, indent=2))
-    os.replace(tmp, out)
+    atomic_write_bytes(out, json.dumps({"data": args.data, "images": [f.name for f in files],
+                                        "skipped": skipped, "level": args.level, "ratio": args.ratio,
+                                        "rows": rows}, indent=2).encode())
     figures.steps_ablation(rows, args.metrics, Path(args.plot) if args.plot else out.with_suffix(".png"),
                            f"{Path(args.data).name}: {len(files)} images, {bpp:.3f} bpp")
     target = f"level {args.level}" if args.ratio is None else f"ratio {args.ratio:g}"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np  # noqa: E402
 
 from pcdc_jax import api, metrics  # noqa: E402
 from pcdc_jax.data.datasets import list_images  # noqa: E402
-from pcdc_jax.data.images import read_image  # noqa: E402
+from pcdc_jax.data.images import atomic_write_bytes, read_image  # noqa: E402
 from pcdc_jax.errors import BudgetError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,11 +84,9 @@ def main(argv=None):
     wins = {n: int(sum(r[n]["u"] >= max(r[m]["u"] for m in names) for r in per_image)) for n in names}
     out = Path(args.out or ROOT / "outputs" / f"compare_allocation_r{args.ratio:g}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({"data": args.data, "ratio": args.ratio, "steps": steps,
-                               "means": means, "best_u_count": wins, "skipped": skipped,
-                               "images": per_image}, indent=2))
-    os.replace(tmp, out)
+    atomic_write_bytes(out, json.dumps({"data": args.data, "ratio": args.ratio, "steps": steps,
+                                        "means": means, "best_u_count": wins, "skipped": skipped,
+                                        "images": per_image}, indent=2).encode())
     print(f"\n{len(per_image)} images of {args.data} at ratio {args.ratio:g}, {steps} DDIM steps"
           + (f"; skipped {', '.join(s['image'] for s in skipped)}" if skipped else ""))
     print("| policy | bpp | PSNR dB | SSIM | LPIPS | DISTS | U (eq. 5) | best U on | encode s |")

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
+
+from pcdc_jax.data.images import atomic_write_bytes
 
 
 def read_log(run: str | Path) -> list[dict]:
@@ -56,16 +57,10 @@ def plot(rows: list[dict], panels, path: str | Path, window: int, title: str) ->
     axes[-1, 0].set_xlabel("step")
     axes[0, 0].set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def mean_of(rows: list[dict], key: str) -> str:

@@ -35,6 +35,10 @@ def test_write_is_atomic_and_round_trips(tmp_path, coffee):
     write_image(tmp_path / "o.png", coffee)
     np.testing.assert_array_equal(read_image(tmp_path / "o.png"), coffee)
     assert [p.name for p in tmp_path.iterdir()] == ["o.png"]
+    (tmp_path / "plain").write_bytes(b"")            # the permissions open() gives, not 0600
+    assert (tmp_path / "o.png").stat().st_mode == (tmp_path / "plain").stat().st_mode
+    write_image(tmp_path / "o.tif", coffee)
+    np.testing.assert_array_equal(read_image(tmp_path / "o.tif"), coffee)
     with pytest.raises(ValueError):
         write_image(tmp_path / "o.gif", coffee)
 

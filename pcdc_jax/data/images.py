@@ -12,6 +12,8 @@ from PIL import Image
 from pcdc_jax.data import geotiff
 from pcdc_jax.errors import ImageReadError
 
+_UMASK = os.umask(0o022)   # read once (os.umask can only be read by setting it)
+os.umask(_UMASK)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 
 
@@ -65,6 +67,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)        # what open() would give, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

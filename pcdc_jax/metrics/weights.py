@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pcdc_jax.data.images import atomic_write_bytes
 from pcdc_jax.errors import ModelLoadError
 
 NETS = ("alex", "vgg")
@@ -82,10 +83,9 @@ def convert(net: str, dest: Path) -> None:
     for k in range(5):
         out[f"lin{k}"] = np.asarray(tree[f"NetLinLayer_{k}"]["Conv_0"]["kernel"], np.float32).reshape(-1)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **out)
-    os.replace(tmp, dest)
+    buf = io.BytesIO()
+    np.savez(buf, **out)
+    atomic_write_bytes(dest, buf.getvalue())
 
 
 @functools.lru_cache(maxsize=None)
