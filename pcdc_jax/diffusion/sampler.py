@@ -58,13 +58,18 @@ def ddim(denoise: Callable, noise: Callable, steps: int, eta: float, kind: str =
     last step. eta=0 is deterministic given the start noise.
     """
     ts = jnp.linspace(t_start, 0.0, steps + 1)
-    r = jnp.sqrt(1.0 - schedule.alpha_bar(ts[0], kind)) * noise(0)
+    r = ddim_start(noise(0), ts[0], kind)
 
     def body(carry: _Carry, i):
         return _Carry(ddim_step(denoise, noise, carry.r, ts, i, eta, kind)), None
 
     carry, _ = jax.lax.scan(body, _Carry(r), jnp.arange(steps))
     return carry.r
+
+
+def ddim_start(noise0: jax.Array, t_start, kind: str) -> jax.Array:
+    """r at t_start: the residual's prior mean 0 (x_base itself) noised to t_start."""
+    return jnp.sqrt(1.0 - schedule.alpha_bar(t_start, kind)) * noise0
 
 
 def ddim_step(denoise: Callable, noise: Callable, r: jax.Array, ts: jax.Array, i, eta: float,

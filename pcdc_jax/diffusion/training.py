@@ -63,7 +63,7 @@ def chain_states(unet_params, x_base, features, key, cfg: Config):
         return jax.random.normal(jax.random.fold_in(kn, i), x_base.shape)
 
     denoise = sampler.denoiser(d, unet_params, x_base, features)
-    r = jnp.sqrt(1.0 - schedule.alpha_bar(ts[0], d.schedule)) * noise(0)
+    r = sampler.ddim_start(noise(0), ts[0], d.schedule)
     r = jax.lax.fori_loop(0, k, lambda i, r: sampler.ddim_step(denoise, noise, r, ts, i, d.eta, d.schedule), r)
     return r, jnp.full((x_base.shape[0],), ts[k])
 
