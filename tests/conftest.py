@@ -94,6 +94,31 @@ def perturbed(params, scale=0.05):
     return unravel(flat + scale * jax.random.normal(jax.random.PRNGKey(2), flat.shape))
 
 
+def load_script(name: str):
+    """eval/<name>.py as a module, to run its main() or helpers in this process."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"eval_{name}", ROOT / "eval" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def subprocess_env(devices: int = 4) -> dict:
+    """The environment for a child process (a script, the CLI): this session's XLA flags (fast
+    compilation) with `devices` simulated CPU devices."""
+    flags = os.environ["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=4",
+                                            f"--xla_force_host_platform_device_count={devices}")
+    return {**os.environ, "XLA_FLAGS": flags}
+
+
+def free_port() -> int:
+    """A free local TCP port (for a jax.distributed coordinator)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def sample_image(name: str = "coffee.png") -> np.ndarray:
     from pcdc_jax.data.images import read_image
     return read_image(SAMPLES / name)

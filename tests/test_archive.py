@@ -1,9 +1,7 @@
 """Batch compression and decompression of archives: equality with single files, faults, resume,
 device counts, tar and glob inputs, GeoTIFF tags, and two processes splitting an archive."""
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -14,11 +12,11 @@ import pytest
 import tifffile
 from PIL import Image
 
-from pcdc_jax import api, archive, cli, parallel
+from pcdc_jax import api, archive, cli
 from pcdc_jax.data import geotiff
 from pcdc_jax.data.images import read_image, to_uint8
 from pcdc_jax.errors import PCDCError, PCDCFormatError
-from tests.conftest import ROOT, sample_image
+from tests.conftest import ROOT, free_port, load_script, sample_image, subprocess_env
 
 STEPS = 2
 # Sizes with 1 window and with several (tiny preset: 128-pixel windows), so windows of
@@ -147,7 +145,7 @@ def test_killed_run_resumes_without_redoing_finished_files(tmp_path, archive_dir
     cmd = [sys.executable, "-m", "pcdc_jax.cli", "decompress-batch", str(src), "-o", str(out),
            "--model", str(tiny_diffusion_model_dir), "--steps", "6", "--batch", "4",
            "--max-open", "1", "--workers", "1", "--quiet"]
-    env = parallel.simulated_devices_env(4)
+    env = subprocess_env(4)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and len(list(out.glob("*.png"))) < 2:
@@ -274,20 +272,12 @@ def test_cli_policy_choices_match_the_api():
     assert cli.POLICIES == api.POLICIES
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_split_an_archive(tmp_path, archive_dir, singles, tiny_diffusion_model_dir):
     """jax.distributed with 2 local processes of 2 CPU devices each: every file is decoded once,
     by one process, exactly as alone."""
     out = tmp_path / "out"
-    port = _free_port()
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                     if not f.startswith("--xla_force_host_platform_device_count"))
-    env = parallel.simulated_devices_env(2, dict(os.environ, XLA_FLAGS=flags))
+    port = free_port()
+    env = subprocess_env(2)
     procs = [subprocess.Popen(
         [sys.executable, "-m", "pcdc_jax.cli", "decompress-batch", str(archive_dir), "-o", str(out),
          "--model", str(tiny_diffusion_model_dir), "--steps", str(STEPS), "--seed", "3", "--quiet",
@@ -309,10 +299,7 @@ def test_two_processes_split_an_archive(tmp_path, archive_dir, singles, tiny_dif
 def test_bench_archive_modes_and_table(tmp_path, tiny_diffusion_model_dir):
     """eval/bench_archive.py's per-process modes, run in this process, and its table."""
     import argparse
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_archive", ROOT / "eval" / "bench_archive.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_archive")
     (tmp_path / "images").mkdir()
     for i in range(3):
         Image.fromarray(sample_image()[30 * i:30 * i + 64, :96]).save(tmp_path / "images" / f"{i}.png")

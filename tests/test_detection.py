@@ -1,6 +1,5 @@
 """Detection on reconstructions: box geometry, NMS, matching, VOC AP, label files, both raw
 output layouts, the shipped detectors, and eval/detection.py end to end."""
-import importlib.util
 import json
 import math
 
@@ -9,7 +8,7 @@ import pytest
 from PIL import Image
 
 from pcdc_jax.evaluation import detection as det
-from tests.conftest import ROOT, SHARED, sample_image
+from tests.conftest import SHARED, load_script, sample_image
 
 MODELS = SHARED / "models"
 YOLOV8 = MODELS / "yolov8n_coco_int8.onnx"
@@ -224,13 +223,6 @@ def test_detector_errors(tmp_path):
             det.Detector(YOLOX, conf=2)
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("eval_detection", ROOT / "eval" / "detection.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @needs_models
 def test_script_end_to_end(tmp_path, tiny_model_dir, capsys):
     pytest.importorskip("pcdc_jax.evaluation.codecs")
@@ -244,7 +236,7 @@ def test_script_end_to_end(tmp_path, tiny_model_dir, capsys):
     (labels / "crop0.txt").write_text("0 0.5 0.5 0.5 0.5\n")
     (labels / "classes.txt").write_text("car\n")
     out = tmp_path / "det.json"
-    _script().main(["--detector", str(YOLOX), "--data", str(data), "--labels", str(labels),
+    load_script("detection").main(["--detector", str(YOLOX), "--data", str(data), "--labels", str(labels),
                     "--model", str(tiny_model_dir), "--methods", "pcdc:uniform", "jpeg",
                     "--ratio", "8", "--steps", "0", "--out", str(out)])
     r = json.loads(out.read_text())
@@ -271,7 +263,7 @@ def test_script_end_to_end(tmp_path, tiny_model_dir, capsys):
 
 
 def test_script_errors(tmp_path):
-    script = _script()
+    script = load_script("detection")
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="detection: error: detector model .*no such file"):
         script.main(["--detector", str(tmp_path / "none.onnx"), "--data", str(tmp_path / "empty")])

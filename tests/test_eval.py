@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pcdc_jax.evaluation import bd, codecs, rd, report
-from tests.conftest import ROOT, SAMPLES
+from tests.conftest import SAMPLES, load_script
 
 
 
@@ -197,17 +197,9 @@ def tiny_images(tmp_path_factory):
     return d
 
 
-def _script(name):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(f"eval_{name}", ROOT / "eval" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def rd_run(tiny_images, tiny_model_dir, tmp_path_factory):
-    script = _script("rd")
+    script = load_script("rd")
     out = tmp_path_factory.mktemp("rd")
     argv = ["--data", str(tiny_images), "--out", str(out), "--model", str(tiny_model_dir),
             "--methods", "pcdc:uniform", "pcdc:greedy", "jpeg", "webp", "hevc", "--ratios", "4", "8", "16",
@@ -250,7 +242,7 @@ def test_rd_script_outputs(rd_run):
 @pytest.fixture(scope="module")
 def ablation(tiny_images, tiny_diffusion_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ablate") / "ablate.json"
-    _script("ablate_steps").main(["--model", str(tiny_diffusion_model_dir), "--data", str(tiny_images),
+    load_script("ablate_steps").main(["--model", str(tiny_diffusion_model_dir), "--data", str(tiny_images),
                                   "--level", "1", "--steps", "0", "1", "2", "--metrics", "psnr", "lpips_alex",
                                   "--out", str(out)])
     return out

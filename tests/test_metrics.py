@@ -1,5 +1,4 @@
 """Metrics: faithful to the PyTorch reference implementations, differentiable, jit-stable, tiled."""
-import importlib.util
 import io
 import json
 import pickle
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from conftest import ROOT, SHARED, sample_image
+from conftest import ROOT, SHARED, load_script, sample_image
 from pcdc_jax import cli, metrics
 from pcdc_jax.errors import ModelLoadError
 from pcdc_jax.metrics import fidelity, perceptual, weights
@@ -18,13 +17,6 @@ from pcdc_jax.metrics import fidelity, perceptual, weights
 FIXTURE = ROOT / "tests" / "fixtures" / "metrics_reference.json"
 TOLERANCE = {"psnr": 1e-2, "ssim": 1e-3, "ms_ssim": 1e-3, "lpips_alex": 1e-3, "lpips_vgg": 1e-3,
              "dists": 1e-3}
-
-
-def _reference_script():
-    spec = importlib.util.spec_from_file_location("metrics_reference", ROOT / "eval" / "metrics_reference.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _blurred(a, radius=1.5):
@@ -36,7 +28,7 @@ def test_matches_pytorch_reference_values():
     if not kodak.is_dir():
         pytest.skip("../shared/data/kodak not present")
     ref = json.loads(FIXTURE.read_text())
-    pairs = _reference_script().make_pairs(kodak)
+    pairs = load_script("metrics_reference").make_pairs(kodak)
     assert len(pairs) == len(ref["pairs"]) >= 12
     for p, r in zip(pairs, ref["pairs"]):
         assert p["name"] == r["name"]

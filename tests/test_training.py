@@ -1,7 +1,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import pytest
 
 from pcdc_jax import config, training
 from pcdc_jax.codec.training import random_levels
-from tests.conftest import ROOT, SAMPLES, sample_image
+from tests.conftest import ROOT, SAMPLES, free_port, sample_image, subprocess_env
 
 
 def _batch(y=100, x=100):
@@ -65,14 +64,6 @@ def _cmd(run, steps, *extra):
             "train.checkpoint_every=3", *extra]
 
 
-def _env(devices=4):
-    """The training scripts' environment: the session's XLA flags (fast compilation, conftest)
-    with `devices` simulated CPU devices."""
-    flags = os.environ["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=4",
-                                            f"--xla_force_host_platform_device_count={devices}")
-    return {**os.environ, "XLA_FLAGS": flags}
-
-
 def _log(run):
     """metrics.jsonl as {step: metrics}; a resumed run re-logs steps after its checkpoint, and
     the later line wins."""
@@ -84,7 +75,7 @@ def test_kill9_then_resume_continues_the_same_run(tmp_path):
     checkpoint and resumed, logs the same losses as an uninterrupted run; export and --init-from
     work on the result."""
     total = 12
-    env = _env()
+    env = subprocess_env()
     subprocess.run(_cmd(tmp_path / "a", total), check=True, cwd=ROOT, env=env, capture_output=True)
     straight = _log(tmp_path / "a")
     proc = subprocess.Popen(_cmd(tmp_path / "b", total), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -129,10 +120,8 @@ def test_kill9_then_resume_continues_the_same_run(tmp_path):
 def test_two_processes_train_one_model(tmp_path):
     """jax.distributed with 2 local processes of 2 CPU devices each: both see the 4 global devices,
     end with the same state (their gradients agreed at every step), and write one checkpoint."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = _env(devices=2)
+    port = free_port()
+    env = subprocess_env(devices=2)
     procs = [subprocess.Popen(_cmd(tmp_path / "run", 6, "train.checkpoint_every=3", "--coordinator",
                                    f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)),
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -149,7 +138,7 @@ def test_two_processes_train_one_model(tmp_path):
     assert sorted(_log(run)) == list(range(1, 7))
     assert len(open(run / "metrics.jsonl").readlines()) == 6          # process 0 logs, once
     subprocess.run([sys.executable, "train/export_model.py", "--run", str(run), "--out", str(tmp_path / "m")],
-                   check=True, cwd=ROOT, env=_env(), capture_output=True)
+                   check=True, cwd=ROOT, env=subprocess_env(), capture_output=True)
     from pcdc_jax import checkpoint
     assert checkpoint.load_model(tmp_path / "m").unet is not None
 
