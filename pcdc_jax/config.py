@@ -25,6 +25,9 @@ class CodecConfig:
     # latent; decoder: latent -> block pixels). Learns a KLT-like code within a few hundred CPU
     # steps, which the nonlinear layers then refine (measured in BENCHMARKS.md).
     linear_skip: bool = True
+    # Kernel side of the convolutions that read or write y (encoder output, hyper-encoder and
+    # context-decoder inputs): 1 keeps a wide latent cheap.
+    latent_kernel: int = 3
     # K quantization levels. Level k divides (y - mu) by step_k = exp(scale_log_delta * e_k).
     # Level 0 is the coarsest (fewest bits), level K-1 the finest. Integer exponents keep the
     # scale-index arithmetic exact: index(level k) = t - e_k with t the integer log-scale.
@@ -82,6 +85,18 @@ class TrainConfig:
     # x_base and the context features, as in CDC's end-to-end training.
     diffusion_weight: float = 1.0
     diffusion_start_step: int = 500
+    # Start from the KLT of 16x16 blocks (`codec.klt`) estimated on this many training crops (the
+    # first batches of the run), with `klt_step` the middle level's quantization step in pixel
+    # units of [0, 1]; 0 keeps the random initialisation.
+    klt_crops: int = 0
+    klt_step: float = 40 / 255
+    # Learning-rate factor of the linear block paths: Adam moves every weight by about the
+    # learning rate per step, which a KLT start's small weights cannot take.
+    linear_lr_scale: float = 1.0
+    # Steps during which the encoder and decoder stay frozen and only the entropy model (hyper
+    # encoder, hyper decoder, z prior) learns: a KLT start's transforms are already good, and the
+    # rate gradients of an untrained entropy model would only wreck them.
+    transform_freeze_steps: int = 0
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 100
@@ -273,7 +288,8 @@ def tiny() -> Config:
     return Config(
         name="tiny",
         codec=CodecConfig(latent_channels=16, hyper_channels=8, encoder_channels=(8, 16, 16),
-                          hyper_hidden=16, decoder_channels=(24, 16, 12, 8), decoder_res_blocks=0),
+                          hyper_hidden=16, decoder_channels=(24, 16, 12, 8), decoder_res_blocks=0,
+                          latent_kernel=1),
         train=TrainConfig(batch_size=2, crop_size=64, total_steps=20, lr_warmup_steps=2,
                           rate_warmup_steps=5, diffusion_start_step=2, checkpoint_every=5,
                           log_every=1),
@@ -288,15 +304,19 @@ def tiny() -> Config:
 def cpu() -> Config:
     """The preset designed to train on a 2-core CPU (the shipped default model's architecture).
 
-    Narrow codec (48-96-128 encoder, 128 latent channels) and a 3.6M-parameter U-Net on 8 crops
-    of 128x128; measured training speed in WORKSPACE.md (`eval/bench_train.py`).
+    Narrow convolutional paths (48-96-128 encoder) beside a full-rank linear block transform: 768
+    latent channels, as many as a 16x16 RGB block has values, so no quantization level is capped
+    by what the latent can hold; training starts from the blocks' KLT. A 3.6M-parameter U-Net on
+    8 crops of 128x128. Measured training speed in BENCHMARKS.md (`eval/bench_train.py`).
     """
     return Config(
         name="cpu",
-        codec=CodecConfig(latent_channels=128, hyper_channels=64, encoder_channels=(48, 96, 128),
+        codec=CodecConfig(latent_channels=768, hyper_channels=64, encoder_channels=(48, 96, 128),
                           hyper_hidden=96, decoder_channels=(160, 128, 64, 32),
-                          decoder_res_blocks=1),
-        train=TrainConfig(learning_rate=1e-3, total_steps=5000),
+                          decoder_res_blocks=1, latent_kernel=1, level_exponents=(16, 8, 0, -8, -16),
+                          num_scales=80),
+        train=TrainConfig(learning_rate=3e-4, total_steps=5000, lmbda=0.025, klt_crops=1024,
+                          transform_freeze_steps=1000, linear_lr_scale=0.1, rate_warmup_steps=0),
     )
 
 
@@ -304,8 +324,8 @@ def small() -> Config:
     """One-GPU preset: the `cpu` architecture (36 MB of float32 weights, under the repository's
     40 MB limit for a shipped model) trained on 16 crops of 256x256 for many more steps."""
     c = cpu()
-    return c.replace(name="small", train=TrainConfig(
-        batch_size=16, crop_size=256, learning_rate=5e-4, total_steps=50000, rate_warmup_steps=2000,
+    return c.replace(name="small", train=dataclasses.replace(
+        c.train, batch_size=16, crop_size=256, learning_rate=5e-4, total_steps=50000,
         diffusion_start_step=1000, checkpoint_every=500, log_every=50))
 
 
@@ -313,11 +333,14 @@ def base() -> Config:
     """Accelerator preset (pods): the widest codec and U-Net, 512-pixel sampling windows."""
     return Config(
         name="base",
-        codec=CodecConfig(latent_channels=192, hyper_channels=128, encoder_channels=(96, 192, 256),
+        codec=CodecConfig(latent_channels=768, hyper_channels=128, encoder_channels=(96, 192, 256),
                           hyper_hidden=192, decoder_channels=(256, 192, 128, 64),
-                          decoder_res_blocks=2),
-        train=TrainConfig(batch_size=16, crop_size=256, total_steps=200000, rate_warmup_steps=5000,
-                          diffusion_start_step=5000, checkpoint_every=1000, log_every=100),
+                          decoder_res_blocks=2, latent_kernel=1, level_exponents=(16, 8, 0, -8, -16),
+                          num_scales=80),
+        train=TrainConfig(batch_size=16, crop_size=256, total_steps=200000,
+                          diffusion_start_step=5000, checkpoint_every=1000, log_every=100,
+                          lmbda=0.025, klt_crops=1024, transform_freeze_steps=2000,
+                          linear_lr_scale=0.1, rate_warmup_steps=0),
         diffusion=DiffusionConfig(unet_channels=(64, 128, 192, 256), unet_res_blocks=2,
                                   time_dim=256, window=512, overlap=128, window_batch=16),
     )

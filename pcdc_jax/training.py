@@ -22,12 +22,15 @@ import numpy as np
 import optax
 
 from pcdc_jax import checkpoint
-from pcdc_jax.codec import entropy_coding
+from pcdc_jax.codec import entropy_coding, klt
 from pcdc_jax.codec.model import Codec
 from pcdc_jax.codec.training import apply_gradients, codec_loss, make_optimizer, random_levels
 from pcdc_jax.config import Config
 from pcdc_jax.diffusion import training as diffusion_training
 from pcdc_jax.diffusion.unet import feature_channels, init_params
+
+
+TRANSFORMS = ("encoder", "decoder")    # the codec's analysis and synthesis transforms
 
 
 class TrainState(NamedTuple):
@@ -60,6 +63,18 @@ def init_state(cfg: Config, key: jax.Array | None = None, codec_params=None, une
                           if unet_params is None else unet_params)
     params = jax.tree.map(jnp.asarray, params)
     return TrainState(jnp.zeros((), jnp.int32), params, make_optimizer(cfg.train).init(params))
+
+
+def klt_start(cfg: Config, codec_params, dataset, batch_size: int):
+    """Codec parameters started at the block KLT (`codec.klt`) of the first `train.klt_crops`
+    crops of `dataset` (its batches of steps 0, 1, ...), the same in every process (process 0's)."""
+    from jax.experimental import multihost_utils
+
+    n = cfg.train.klt_crops
+    crops = np.concatenate([dataset.batch(s, batch_size) for s in range(-(-n // batch_size))])[:n]
+    params = klt.init_linear_paths(jax.device_get(codec_params), cfg.codec, *klt.block_klt(crops),
+                                   cfg.train.klt_step)
+    return multihost_utils.broadcast_one_to_all(params) if jax.process_count() > 1 else params
 
 
 def abstract_state(cfg: Config) -> TrainState:
@@ -105,6 +120,11 @@ def train_step(state: TrainState, x: jax.Array, key: jax.Array, lpips_params=Non
     levels = random_levels(kl, b, h // 16, w // 16, cfg.codec.num_levels)
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, x, levels, kn, state.step, cfg,
                                                      lpips_params)
+    if cfg.train.transform_freeze_steps:      # the entropy model learns first (a KLT start)
+        on = (state.step >= cfg.train.transform_freeze_steps).astype(jnp.float32)
+        codec = {k: jax.tree.map(lambda g: g * on, v) if k in TRANSFORMS else v
+                 for k, v in grads["codec"].items()}
+        grads = {**grads, "codec": codec}
     metrics["grad_norm"] = optax.tree.norm(grads)
     return apply_gradients(state, grads, cfg.train), metrics
 

@@ -122,7 +122,7 @@ def test_two_processes_train_one_model(tmp_path):
     end with the same state (their gradients agreed at every step), and write one checkpoint."""
     port = free_port()
     env = subprocess_env(devices=2)
-    procs = [subprocess.Popen(_cmd(tmp_path / "run", 6, "train.checkpoint_every=3", "--coordinator",
+    procs = [subprocess.Popen(_cmd(tmp_path / "run", 6, "train.checkpoint_every=3", "train.klt_crops=64", "--coordinator",
                                    f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)),
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]

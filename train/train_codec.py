@@ -66,7 +66,12 @@ def main(argv=None):
         state = parallel.replicate(training.init_state(cfg, key, init.params, init.unet), mesh)
         print(f"initialised from {args.init_from}", file=sys.stderr)
     else:
-        state = parallel.replicate(training.init_state(cfg, key), mesh)
+        codec = None
+        if tc.klt_crops:
+            codec = training.klt_start(cfg, training.init_params_codec(cfg, jax.random.split(key)[0]),
+                                       data, trainer.local_batch_size(cfg))
+            print(f"codec started at the 16x16-block KLT of {tc.klt_crops} crops", file=sys.stderr)
+        state = parallel.replicate(training.init_state(cfg, key, codec_params=codec), mesh)
     lpips = None
     if training.has_unet(cfg) and cfg.diffusion.lpips_weight > 0:
         lpips = parallel.replicate(weights.load("alex"), mesh)

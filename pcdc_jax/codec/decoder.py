@@ -33,7 +33,7 @@ def stage_halos(cfg: CodecConfig) -> tuple[int, ...]:
     rem = [2]                                   # up_out's 3x3 convolution at stride 2
     for k in (2, 1, 0):                         # Up(k+1) convolution + stage k+1 residual blocks
         rem.insert(0, STAGE_STRIDES[k] + 2 * nb * STAGE_STRIDES[k + 1] + rem[0])
-    first = 16 * (1 + 2 * nb) + rem[0]          # conv_in + stride-16 residual blocks
+    first = 16 * (cfg.latent_kernel // 2 + 2 * nb) + rem[0]   # conv_in + stride-16 residual blocks
     return tuple(math.ceil(px / 16) for px in [first] + rem) + (0,)
 
 
@@ -54,7 +54,8 @@ class ContextDecoder(nn.Module):
         cfg = self.cfg
         crop = crop or (lambda h, s, k: h)
         onehot = jax.nn.one_hot(levels, cfg.num_levels, dtype=y_hat.dtype)
-        h = act(nn.Conv(cfg.decoder_channels[0], (3, 3), name="conv_in")(
+        k = cfg.latent_kernel
+        h = act(nn.Conv(cfg.decoder_channels[0], (k, k), name="conv_in")(
             jnp.concatenate([y_hat, onehot], axis=-1)))
         features = {}
         for i, c in enumerate(cfg.decoder_channels):

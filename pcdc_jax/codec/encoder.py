@@ -21,7 +21,8 @@ class Encoder(nn.Module):
             h = Down(c, name=f"down{i}")(h)
             if i > 0:
                 h = ResBlock(c, name=f"res{i}")(h)
-        y = Down(self.cfg.latent_channels, activation=False, name="down_out")(h)
+        y = Down(self.cfg.latent_channels, activation=False, kernel=self.cfg.latent_kernel,
+                 name="down_out")(h)
         if self.cfg.linear_skip:
             y = y + nn.Dense(self.cfg.latent_channels, name="block_linear")(space_to_depth(x, 16))
         return y
@@ -35,6 +36,7 @@ class HyperEncoder(nn.Module):
     @nn.compact
     def __call__(self, y: jax.Array) -> jax.Array:
         c = self.cfg.hyper_hidden
-        h = act(nn.Conv(c, (3, 3), name="conv_in")(y))
+        k = self.cfg.latent_kernel
+        h = act(nn.Conv(c, (k, k), name="conv_in")(y))
         h = Down(c, name="down0")(h)
         return Down(self.cfg.hyper_channels, activation=False, name="down1")(h)

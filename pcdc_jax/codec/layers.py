@@ -47,10 +47,11 @@ class Down(nn.Module):
 
     channels: int
     activation: bool = True
+    kernel: int = 3
 
     @nn.compact
     def __call__(self, x):
-        x = nn.Conv(self.channels, (3, 3))(space_to_depth(x, 2))
+        x = nn.Conv(self.channels, (self.kernel, self.kernel))(space_to_depth(x, 2))
         return act(x) if self.activation else x
 
 

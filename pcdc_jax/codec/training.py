@@ -15,7 +15,16 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, tc.learning_rate, tc.lr_warmup_steps, max(tc.total_steps, tc.lr_warmup_steps + 1),
         end_value=tc.learning_rate * tc.lr_final_fraction)
-    return optax.chain(optax.clip_by_global_norm(tc.grad_clip), optax.adam(schedule))
+    parts = [optax.clip_by_global_norm(tc.grad_clip), optax.adam(schedule)]
+    if tc.linear_lr_scale != 1.0:
+        parts.append(optax.masked(optax.scale(tc.linear_lr_scale), _is_block_linear))
+    return optax.chain(*parts)
+
+
+def _is_block_linear(params):
+    """True at the leaves of the linear block paths (`block_linear` in the encoder and decoder)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: any(getattr(k, "key", None) == "block_linear" for k in path), params)
 
 
 def apply_gradients(state, grads, tc: TrainConfig):

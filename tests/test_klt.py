@@ -1,0 +1,109 @@
+"""The KLT start of a full-rank latent, the frozen-transform warm-up and the linear paths' rate."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pcdc_jax import config, training
+from pcdc_jax.codec import klt
+from pcdc_jax.codec.decoder import stage_halos
+from pcdc_jax.codec.model import Codec
+from tests.conftest import perturbed, sample_image
+
+
+def _crops(n=60, side=64, seed=0):
+    """n random side x side crops of the sample photographs, in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    images = [sample_image(), sample_image("astronaut.png")]
+    out = []
+    for i in range(n):
+        im = images[i % 2]
+        y, x = rng.integers(0, im.shape[0] - side), rng.integers(0, im.shape[1] - side)
+        out.append(im[y:y + side, x:x + side])
+    return np.stack(out).astype(np.float32) / 255
+
+
+def test_block_klt_is_orthonormal_and_ordered_by_variance():
+    crops = _crops()
+    mean, basis = klt.block_klt(crops)
+    assert basis.shape == (768, 768)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(768), atol=1e-9)
+    blocks = crops.reshape(-1, 4, 16, 4, 16, 3).transpose(0, 1, 3, 2, 4, 5).reshape(-1, 768)
+    np.testing.assert_allclose(mean, blocks.mean(0), atol=1e-6)
+    var = ((blocks - mean) @ basis).var(0)
+    assert (np.diff(var) <= 1e-9).all() and var[0] > 100 * var[100]
+    with pytest.raises(ValueError, match="too few"):
+        klt.block_klt(crops[:5])
+    with pytest.raises(ValueError, match="multiples of 16"):
+        klt.block_klt(crops[:, :40])
+
+
+def _full_rank_tiny():
+    return config.tiny().override(["codec.latent_channels=768", "train.diffusion_weight=0"])
+
+
+def test_a_klt_start_is_a_transform_coder():
+    """A 768-channel codec started at the KLT reconstructs unquantized latents exactly, and at a
+    level its error is that of uniformly quantized KLT coefficients; the convolutional paths and
+    the predicted mean start at zero."""
+    cfg = _full_rank_tiny()
+    crops = _crops()
+    step = 10 / 255
+    params = klt.init_linear_paths(jax.device_get(training.init_params_codec(cfg, jax.random.PRNGKey(0))),
+                                   cfg.codec, *klt.block_klt(crops), step)
+    model = Codec(cfg.codec)
+    x = jnp.asarray(crops[:4])
+    y, z = model.apply({"params": params}, x, method="analysis")
+    levels = jnp.full(y.shape[:3], 2, jnp.int32)
+    x_rec, _ = model.apply({"params": params}, y, levels, method="synthesis")
+    np.testing.assert_allclose(x_rec, x, atol=2e-5)
+    mu, _ = model.apply({"params": params}, jnp.round(z), method="hyper")
+    assert float(jnp.abs(mu).max()) == 0.0
+    out = model.apply({"params": params}, x, levels, jax.random.PRNGKey(1))
+    # orthonormal transform: pixel error energy == coefficient error energy (step 1 in y = `step`)
+    err = float(jnp.sum((out["x_base"] - x) ** 2))
+    q_err = float(jnp.sum((jnp.round(y) - y) ** 2)) * step ** 2
+    assert err == pytest.approx(q_err, rel=1e-3)
+    with pytest.raises(ValueError, match="exceed"):
+        klt.init_linear_paths(params, config.CodecConfig(latent_channels=800), *klt.block_klt(crops), step)
+
+
+def test_frozen_transforms_and_the_linear_learning_rate():
+    cfg = _full_rank_tiny().override(["train.transform_freeze_steps=2", "train.linear_lr_scale=0.0",
+                                      "train.lr_warmup_steps=1"])
+    state = training.init_state(cfg, jax.random.PRNGKey(0))
+    state = state._replace(params=perturbed(state.params))
+    step = training.jit_train_step(cfg)
+    x = jnp.asarray(_crops(2))
+
+    def moved(a, b):
+        return jax.tree.map(lambda u, v: bool(np.any(np.asarray(u) != np.asarray(v))), a, b)
+
+    state, _ = step(state, x, jax.random.PRNGKey(0))     # step 0: learning rate 0 (warm-up)
+    before = jax.device_get(state.params["codec"])
+    state, _ = step(state, x, jax.random.PRNGKey(1))     # step 1: only the entropy model learns
+    first = jax.device_get(state.params["codec"])
+    m = moved(before, first)
+    assert not any(jax.tree.leaves(m["encoder"])) and not any(jax.tree.leaves(m["decoder"]))
+    assert all(jax.tree.leaves(m["hyper_decoder"])) and all(jax.tree.leaves(m["hyper_encoder"]))
+    state, _ = step(state, x, jax.random.PRNGKey(2))     # step 2: the transforms learn, but not
+    m = moved(first, jax.device_get(state.params["codec"]))    # their linear paths (scale 0)
+    assert all(jax.tree.leaves(m["encoder"]["down_out"])) and all(jax.tree.leaves(m["decoder"]["up_out"]))
+    assert not any(jax.tree.leaves(m["encoder"]["block_linear"]))
+    assert not any(jax.tree.leaves(m["decoder"]["block_linear"]))
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_stage_halos_cover_the_context_decoder_receptive_field(kernel):
+    """Changing one latent position changes no output pixel more than stage_halos[0] blocks away."""
+    cfg = config.tiny().override([f"codec.latent_kernel={kernel}", "codec.decoder_res_blocks=1"])
+    params = perturbed(training.init_params_codec(cfg, jax.random.PRNGKey(0)))
+    model = Codec(cfg.codec)
+    n, c = 15, cfg.codec.latent_channels
+    y = jax.random.normal(jax.random.PRNGKey(1), (1, n, n, c))
+    levels = jnp.zeros((1, n, n), jnp.int32)
+    base, _ = model.apply({"params": params}, y, levels, method="synthesis")
+    moved, _ = model.apply({"params": params}, y.at[0, 7, 7].add(5.0), levels, method="synthesis")
+    changed = np.argwhere(np.abs(np.asarray(moved - base))[0].max(-1) > 0) // 16
+    reach = int(np.abs(changed - 7).max())
+    assert stage_halos(cfg.codec)[0] >= reach >= 1
