@@ -65,7 +65,7 @@ def main(argv=None):
 
     data = FolderDataset([args.train], 128)
     crops = np.concatenate([data.batch(s, 8) for s in range(-(-args.crops // 8))])[:args.crops]
-    mean, basis = klt.block_klt(crops)
+    mean, basis, _ = klt.block_klt(crops)
     files = list_images(args.data)[:args.limit]
     rows = []
     for f in files:

@@ -93,6 +93,10 @@ class TrainConfig:
     # Learning-rate factor of the linear block paths: Adam moves every weight by about the
     # learning rate per step, which a KLT start's small weights cannot take.
     linear_lr_scale: float = 1.0
+    # Learning-rate factor of the entropy model (hyper encoder, hyper decoder, z prior). Its
+    # scale indices and fixed-point weights move by whole grid steps, slowly at the transforms'
+    # learning rate.
+    entropy_lr_scale: float = 1.0
     # Steps during which the encoder and decoder stay frozen and only the entropy model (hyper
     # encoder, hyper decoder, z prior) learns: a KLT start's transforms are already good, and the
     # rate gradients of an untrained entropy model would only wreck them.
@@ -315,8 +319,9 @@ def cpu() -> Config:
                           hyper_hidden=96, decoder_channels=(160, 128, 64, 32),
                           decoder_res_blocks=1, latent_kernel=1, level_exponents=(16, 8, 0, -8, -16),
                           num_scales=80),
-        train=TrainConfig(learning_rate=3e-4, total_steps=5000, lmbda=0.025, klt_crops=1024,
-                          transform_freeze_steps=1000, linear_lr_scale=0.1, rate_warmup_steps=0),
+        train=TrainConfig(learning_rate=3e-4, total_steps=10000, lmbda=0.025, klt_crops=1024,
+                          transform_freeze_steps=500, linear_lr_scale=0.1, entropy_lr_scale=10.0,
+                          rate_warmup_steps=0),
     )
 
 
@@ -340,7 +345,7 @@ def base() -> Config:
         train=TrainConfig(batch_size=16, crop_size=256, total_steps=200000,
                           diffusion_start_step=5000, checkpoint_every=1000, log_every=100,
                           lmbda=0.025, klt_crops=1024, transform_freeze_steps=2000,
-                          linear_lr_scale=0.1, rate_warmup_steps=0),
+                          linear_lr_scale=0.1, entropy_lr_scale=10.0, rate_warmup_steps=0),
         diffusion=DiffusionConfig(unet_channels=(64, 128, 192, 256), unet_res_blocks=2,
                                   time_dim=256, window=512, overlap=128, window_batch=16),
     )

@@ -8,6 +8,8 @@ from pcdc_jax import config, training
 from pcdc_jax.codec import klt
 from pcdc_jax.codec.decoder import stage_halos
 from pcdc_jax.codec.model import Codec
+from pcdc_jax.codec.prior import scale_index, sigma_from_index
+from pcdc_jax.codec.quantize import dequantize, quantize, ste_dequantize
 from tests.conftest import perturbed, sample_image
 
 
@@ -25,13 +27,14 @@ def _crops(n=60, side=64, seed=0):
 
 def test_block_klt_is_orthonormal_and_ordered_by_variance():
     crops = _crops()
-    mean, basis = klt.block_klt(crops)
+    mean, basis, variance = klt.block_klt(crops)
     assert basis.shape == (768, 768)
     np.testing.assert_allclose(basis.T @ basis, np.eye(768), atol=1e-9)
     blocks = crops.reshape(-1, 4, 16, 4, 16, 3).transpose(0, 1, 3, 2, 4, 5).reshape(-1, 768)
     np.testing.assert_allclose(mean, blocks.mean(0), atol=1e-6)
     var = ((blocks - mean) @ basis).var(0)
     assert (np.diff(var) <= 1e-9).all() and var[0] > 100 * var[100]
+    np.testing.assert_allclose(var, variance, rtol=0.01, atol=1e-12)
     with pytest.raises(ValueError, match="too few"):
         klt.block_klt(crops[:5])
     with pytest.raises(ValueError, match="multiples of 16"):
@@ -50,25 +53,30 @@ def test_a_klt_start_is_a_transform_coder():
     crops = _crops()
     step = 10 / 255
     params = klt.init_linear_paths(jax.device_get(training.init_params_codec(cfg, jax.random.PRNGKey(0))),
-                                   cfg.codec, *klt.block_klt(crops), step)
+                                   cfg.codec, klt.block_klt(crops), step)
     model = Codec(cfg.codec)
     x = jnp.asarray(crops[:4])
     y, z = model.apply({"params": params}, x, method="analysis")
     levels = jnp.full(y.shape[:3], 2, jnp.int32)
     x_rec, _ = model.apply({"params": params}, y, levels, method="synthesis")
     np.testing.assert_allclose(x_rec, x, atol=2e-5)
-    mu, _ = model.apply({"params": params}, jnp.round(z), method="hyper")
+    mu, t = model.apply({"params": params}, jnp.round(z), method="hyper")
     assert float(jnp.abs(mu).max()) == 0.0
+    # the scale index of every channel is that of its standard deviation (a static start)
+    sigma = np.asarray(sigma_from_index(scale_index(t, levels, cfg.codec), cfg.codec))[0, 0, 0]
+    std = np.asarray(y).reshape(-1, 768).std(0)
+    big = std > 1.0
+    assert big.sum() > 10 and np.median(np.abs(np.log(sigma[big] / std[big]))) < 0.5
     out = model.apply({"params": params}, x, levels, jax.random.PRNGKey(1))
     # orthonormal transform: pixel error energy == coefficient error energy (step 1 in y = `step`)
     err = float(jnp.sum((out["x_base"] - x) ** 2))
     q_err = float(jnp.sum((jnp.round(y) - y) ** 2)) * step ** 2
     assert err == pytest.approx(q_err, rel=1e-3)
     with pytest.raises(ValueError, match="exceed"):
-        klt.init_linear_paths(params, config.CodecConfig(latent_channels=800), *klt.block_klt(crops), step)
+        klt.init_linear_paths(params, config.CodecConfig(latent_channels=800), klt.block_klt(crops), step)
 
 
-def test_frozen_transforms_and_the_linear_learning_rate():
+def test_frozen_transforms_and_learning_rate_factors():
     cfg = _full_rank_tiny().override(["train.transform_freeze_steps=2", "train.linear_lr_scale=0.0",
                                       "train.lr_warmup_steps=1"])
     state = training.init_state(cfg, jax.random.PRNGKey(0))
@@ -92,6 +100,17 @@ def test_frozen_transforms_and_the_linear_learning_rate():
     assert not any(jax.tree.leaves(m["encoder"]["block_linear"]))
     assert not any(jax.tree.leaves(m["decoder"]["block_linear"]))
 
+    cfg = cfg.override(["train.transform_freeze_steps=0", "train.entropy_lr_scale=0.0"])
+    state = training.init_state(cfg, jax.random.PRNGKey(0))
+    state = state._replace(params=perturbed(state.params))
+    step = training.jit_train_step(cfg)
+    state, _ = step(state, x, jax.random.PRNGKey(0))
+    before = jax.device_get(state.params["codec"])
+    state, _ = step(state, x, jax.random.PRNGKey(1))
+    m = moved(before, jax.device_get(state.params["codec"]))
+    assert all(jax.tree.leaves(m["decoder"]["up_out"]))
+    assert not any(jax.tree.leaves(m["hyper_decoder"])) and not any(jax.tree.leaves(m["z_prior"]))
+
 
 @pytest.mark.parametrize("kernel", [1, 3])
 def test_stage_halos_cover_the_context_decoder_receptive_field(kernel):
@@ -107,3 +126,17 @@ def test_stage_halos_cover_the_context_decoder_receptive_field(kernel):
     changed = np.argwhere(np.abs(np.asarray(moved - base))[0].max(-1) > 0) // 16
     reach = int(np.abs(changed - 7).max())
     assert stage_halos(cfg.codec)[0] >= reach >= 1
+
+
+def test_training_dequantization_value_and_gradients():
+    """The decoder's training input is the coded reconstruction; its gradient is 1 in y
+    (straight-through) and 1 in mu (the grid moves with the mean)."""
+    cfg = config.tiny().codec
+    y = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 3, 16)) * 3
+    mu = jax.random.normal(jax.random.PRNGKey(1), y.shape)
+    levels = jnp.array([[[0, 1, 2], [3, 4, 0], [1, 2, 3]]])
+    np.testing.assert_allclose(ste_dequantize(y, mu, levels, cfg),
+                               dequantize(quantize(y, mu, levels, cfg), mu, levels, cfg), atol=1e-5)
+    gy, gmu = jax.grad(lambda a, b: jnp.sum(ste_dequantize(a, b, levels, cfg)), argnums=(0, 1))(y, mu)
+    np.testing.assert_array_equal(gy, 1.0)
+    np.testing.assert_array_equal(gmu, 1.0)

@@ -32,7 +32,9 @@ def noisy_symbols(y, mu, levels, key, cfg: CodecConfig):
 
 
 def ste_dequantize(y, mu, levels, cfg: CodecConfig):
-    """Decoder input in training: rounded symbols with a straight-through gradient."""
+    """Decoder input in training: mu + step * round((y - mu) / step), with the gradient of the
+    identity in y (straight-through) and of the grid in mu (the rounding decision held), so the
+    distortion, not the rate alone, teaches the mean where to put the grid."""
     step = level_steps(levels, cfg)
-    v = (y - mu) / step
-    return mu + step * (v + jax.lax.stop_gradient(jnp.round(v) - v))
+    y_hat = mu + step * jnp.round((y - mu) / step)
+    return y + jax.lax.stop_gradient(y_hat - y) + (mu - jax.lax.stop_gradient(mu))

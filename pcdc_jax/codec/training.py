@@ -4,6 +4,8 @@ The step that trains the full codec (this loss plus the diffusion loss) is `pcdc
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -16,15 +18,20 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
         0.0, tc.learning_rate, tc.lr_warmup_steps, max(tc.total_steps, tc.lr_warmup_steps + 1),
         end_value=tc.learning_rate * tc.lr_final_fraction)
     parts = [optax.clip_by_global_norm(tc.grad_clip), optax.adam(schedule)]
-    if tc.linear_lr_scale != 1.0:
-        parts.append(optax.masked(optax.scale(tc.linear_lr_scale), _is_block_linear))
+    for factor, names in ((tc.linear_lr_scale, ("block_linear",)),
+                          (tc.entropy_lr_scale, ENTROPY_MODEL)):
+        if factor != 1.0:
+            parts.append(optax.masked(optax.scale(factor), functools.partial(_under, names=names)))
     return optax.chain(*parts)
 
 
-def _is_block_linear(params):
-    """True at the leaves of the linear block paths (`block_linear` in the encoder and decoder)."""
+ENTROPY_MODEL = ("hyper_encoder", "hyper_decoder", "z_prior")
+
+
+def _under(params, names):
+    """True at the leaves whose path passes through a module named in `names`."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: any(getattr(k, "key", None) == "block_linear" for k in path), params)
+        lambda path, _: any(getattr(k, "key", None) in names for k in path), params)
 
 
 def apply_gradients(state, grads, tc: TrainConfig):
