@@ -6,7 +6,7 @@ its inverse. Initialised at the KLT estimated from training crops (the eigenvect
 covariance, by decreasing variance), with the convolutional paths' output layers at zero, a fresh
 codec starts as a classical transform coder: uniform quantization of decorrelated coefficients,
 which on Kodak already beats JPEG in PSNR under per-channel entropy coding (BENCHMARKS.md).
-The hyper decoder starts as the matching static model: mean 0 and each channel's scale from
+The hyper decoder starts near the matching static model: mean 0 and each channel's scale from
 its variance, so the first rates are those of a per-channel Gaussian model, not of a random one.
 Training then only has to learn what the hyperprior and the nonlinear layers add.
 
@@ -57,9 +57,9 @@ def init_linear_paths(params, cfg: CodecConfig, k: Klt, step: float):
     Encoder: y = (block(x) - mean) @ basis[:, :M] / step, so one quantization step of the middle
     level (step 1 in y) is `step` in pixel units of [0, 1]; decoder: the inverse. The encoder's
     `down_out` and the decoder's `up_out` start at zero, so the convolutional paths add nothing
-    until training gives them something to add. The hyper decoder's last layer starts at the
+    until training gives them something to add. The hyper decoder's last layer starts near the
     static model of the coefficients: mean 0 and, in every latent channel, the scale index of its
-    standard deviation. Other parameters are kept.
+    standard deviation (plus what the random scale kernel adds). Other parameters are kept.
     """
     m = cfg.latent_channels
     if not cfg.linear_skip:
@@ -81,8 +81,11 @@ def init_linear_paths(params, cfg: CodecConfig, k: Klt, step: float):
     sigma_y = np.sqrt(k.variance[:m]) / step
     t = np.log(np.maximum(sigma_y, 1e-6) / cfg.scale_min) / cfg.scale_log_delta
     t = np.clip(np.round(t), -cfg.num_scales, 2 * cfg.num_scales) - cfg.num_scales // 2
+    # The scale half of the kernel keeps its random start: zeroed, it would pass no gradient to
+    # the layers below, z would be of no use, and its rate term would shut it off for good.
     hyper = dict(params["hyper_decoder"])
-    hyper["conv3"] = {"kernel": np.zeros_like(hyper["conv3"]["kernel"]),
-                      "bias": np.concatenate([np.zeros(m), t])}
+    kernel = np.array(hyper["conv3"]["kernel"])
+    kernel[..., :m] = 0
+    hyper["conv3"] = {"kernel": kernel, "bias": np.concatenate([np.zeros(m), t])}
     out = dict(params, encoder=enc, decoder=dec, hyper_decoder=hyper)
     return jax.tree.map(lambda new, old: np.asarray(new, np.asarray(old).dtype), out, params)
