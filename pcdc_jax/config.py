@@ -306,7 +306,8 @@ def tiny() -> Config:
 
 
 def cpu() -> Config:
-    """The preset designed to train on a 2-core CPU (the shipped default model's architecture).
+    """The preset designed to train on a 2-core CPU (the shipped default model has its earlier,
+    128-channel codec; its config.json says so).
 
     Narrow convolutional paths (48-96-128 encoder) beside a full-rank linear block transform: 768
     latent channels, as many as a 16x16 RGB block has values, so no quantization level is capped
@@ -326,8 +327,9 @@ def cpu() -> Config:
 
 
 def small() -> Config:
-    """One-GPU preset: the `cpu` architecture (36 MB of float32 weights, under the repository's
-    40 MB limit for a shipped model) trained on 16 crops of 256x256 for many more steps."""
+    """One-GPU preset: the `cpu` architecture (39 MB of float32 weights with the U-Net, just under
+    the repository's 40 MB limit for a shipped model) trained on 16 crops of 256x256 for many
+    more steps."""
     c = cpu()
     return c.replace(name="small", train=dataclasses.replace(
         c.train, batch_size=16, crop_size=256, learning_rate=5e-4, total_steps=50000,

@@ -68,8 +68,8 @@ def main(argv=None):
     else:
         codec = None
         if tc.klt_crops:
-            codec = training.klt_start(cfg, training.init_params_codec(cfg, jax.random.split(key)[0]),
-                                       data, trainer.local_batch_size(cfg))
+            codec = training.klt_start(cfg, training.init_params_codec(cfg, key), data,
+                                       trainer.local_batch_size(cfg))
             print(f"codec started at the 16x16-block KLT of {tc.klt_crops} crops", file=sys.stderr)
         state = parallel.replicate(training.init_state(cfg, key, codec_params=codec), mesh)
     lpips = None
