@@ -41,14 +41,10 @@ def entropy_bits(symbols: np.ndarray) -> float:
 
 
 def transform_code(image: np.ndarray, mean, basis, step: float, channels: int) -> tuple[float, np.ndarray]:
-    """(bits, reconstruction uint8) of an image cropped to multiples of 16."""
-    h, w = (s - s % 16 for s in image.shape[:2])
-    x = image[:h, :w].astype(np.float64)
-    blocks = x.reshape(h // 16, 16, w // 16, 16, 3).transpose(0, 2, 1, 3, 4).reshape(-1, 768)
+    """(bits, reconstruction uint8) of an image whose sides are multiples of 16."""
     v, m = basis[:, :channels], 255.0 * mean          # orthonormal: pixel units stay pixel units
-    sym = np.round((blocks - m) @ v / step)
-    rec = (sym * step) @ v.T + m
-    rec = rec.reshape(h // 16, w // 16, 16, 16, 3).transpose(0, 2, 1, 3, 4).reshape(h, w, 3)
+    sym = np.round((klt.to_blocks(image) - m) @ v / step)
+    rec = klt.from_blocks((sym * step) @ v.T + m, *image.shape[:2])
     return entropy_bits(sym), np.clip(np.round(rec), 0, 255).astype(np.uint8)
 
 
@@ -63,9 +59,7 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "outputs" / "klt_bound.json"))
     args = ap.parse_args(argv)
 
-    data = FolderDataset([args.train], 128)
-    crops = np.concatenate([data.batch(s, 8) for s in range(-(-args.crops // 8))])[:args.crops]
-    mean, basis, _ = klt.block_klt(crops)
+    mean, basis, _ = klt.block_klt(klt.sample_crops(FolderDataset([args.train], 128), args.crops, 8))
     files = list_images(args.data)[:args.limit]
     rows = []
     for f in files:

@@ -70,8 +70,7 @@ def klt_start(cfg: Config, codec_params, dataset, batch_size: int):
     crops of `dataset` (its batches of steps 0, 1, ...), the same in every process (process 0's)."""
     from jax.experimental import multihost_utils
 
-    n = cfg.train.klt_crops
-    crops = np.concatenate([dataset.batch(s, batch_size) for s in range(-(-n // batch_size))])[:n]
+    crops = klt.sample_crops(dataset, cfg.train.klt_crops, batch_size)
     params = klt.init_linear_paths(jax.device_get(codec_params), cfg.codec, klt.block_klt(crops),
                                    cfg.train.klt_step)
     return multihost_utils.broadcast_one_to_all(params) if jax.process_count() > 1 else params

@@ -31,6 +31,8 @@ def test_block_klt_is_orthonormal_and_ordered_by_variance():
     assert basis.shape == (768, 768)
     np.testing.assert_allclose(basis.T @ basis, np.eye(768), atol=1e-9)
     blocks = crops.reshape(-1, 4, 16, 4, 16, 3).transpose(0, 1, 3, 2, 4, 5).reshape(-1, 768)
+    np.testing.assert_array_equal(klt.to_blocks(crops), blocks)
+    np.testing.assert_array_equal(klt.from_blocks(klt.to_blocks(crops[0]), 64, 64), crops[0])
     np.testing.assert_allclose(mean, blocks.mean(0), atol=1e-6)
     var = ((blocks - mean) @ basis).var(0)
     assert (np.diff(var) <= 1e-9).all() and var[0] > 100 * var[100]

@@ -31,18 +31,34 @@ class Klt(NamedTuple):
     variance: np.ndarray    # [768] eigenvalues (each coefficient's variance), decreasing
 
 
-def block_klt(images: np.ndarray) -> Klt:
-    """Images [N, H, W, 3] in [0, 1] (H, W multiples of 16) -> the KLT of their 16x16 blocks.
-
-    Blocks are flattened as `layers.space_to_depth` does (row, column, channel); eigenvectors by
-    decreasing eigenvalue (float64).
-    """
+def to_blocks(images: np.ndarray) -> np.ndarray:
+    """[..., H, W, C] (H, W multiples of 16) -> [num_blocks, 16 * 16 * C] float64, each block
+    flattened as `layers.space_to_depth` does (row, column, channel)."""
     x = np.asarray(images, np.float64)
-    n, h, w, c = x.shape
+    h, w, c = x.shape[-3:]
     if h % BLOCK or w % BLOCK:
         raise ValueError(f"crops of {h}x{w} are not multiples of {BLOCK}")
-    blocks = (x.reshape(n, h // BLOCK, BLOCK, w // BLOCK, BLOCK, c)
-              .transpose(0, 1, 3, 2, 4, 5).reshape(-1, BLOCK * BLOCK * c))
+    x = x.reshape(-1, h // BLOCK, BLOCK, w // BLOCK, BLOCK, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, BLOCK * BLOCK * c)
+
+
+def from_blocks(blocks: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The inverse of `to_blocks` for one image: [num_blocks, 16 * 16 * C] -> [h, w, C]."""
+    c = blocks.shape[-1] // (BLOCK * BLOCK)
+    x = blocks.reshape(h // BLOCK, w // BLOCK, BLOCK, BLOCK, c).transpose(0, 2, 1, 3, 4)
+    return x.reshape(h, w, c)
+
+
+def sample_crops(dataset, n: int, batch_size: int) -> np.ndarray:
+    """The first n crops of a training dataset (its batches of steps 0, 1, ...)."""
+    steps = -(-n // batch_size)
+    return np.concatenate([dataset.batch(s, batch_size) for s in range(steps)])[:n]
+
+
+def block_klt(images: np.ndarray) -> Klt:
+    """Images [N, H, W, 3] in [0, 1] (H, W multiples of 16) -> the KLT of their 16x16 blocks
+    (`to_blocks` order), eigenvectors by decreasing eigenvalue (float64)."""
+    blocks = to_blocks(images)
     if len(blocks) < blocks.shape[1]:
         raise ValueError(f"{len(blocks)} blocks are too few to estimate a {blocks.shape[1]}-point KLT")
     mean = blocks.mean(0)
