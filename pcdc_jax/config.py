@@ -28,6 +28,9 @@ class CodecConfig:
     # Kernel side of the convolutions that read or write y (encoder output, hyper-encoder and
     # context-decoder inputs): 1 keeps a wide latent cheap.
     latent_kernel: int = 3
+    # The hyper encoder also reads ln(1 + |y|), the local activity that the scales follow, beside
+    # y itself; with it the hyper path can start as a working scale model (`codec.klt`).
+    hyper_log_input: bool = False
     # K quantization levels. Level k divides (y - mu) by step_k = exp(scale_log_delta * e_k).
     # Level 0 is the coarsest (fewest bits), level K-1 the finest. Integer exponents keep the
     # scale-index arithmetic exact: index(level k) = t - e_k with t the integer log-scale.
@@ -293,7 +296,7 @@ def tiny() -> Config:
         name="tiny",
         codec=CodecConfig(latent_channels=16, hyper_channels=8, encoder_channels=(8, 16, 16),
                           hyper_hidden=16, decoder_channels=(24, 16, 12, 8), decoder_res_blocks=0,
-                          latent_kernel=1),
+                          latent_kernel=1, hyper_log_input=True),
         train=TrainConfig(batch_size=2, crop_size=64, total_steps=20, lr_warmup_steps=2,
                           rate_warmup_steps=5, diffusion_start_step=2, checkpoint_every=5,
                           log_every=1),
@@ -319,7 +322,7 @@ def cpu() -> Config:
         codec=CodecConfig(latent_channels=768, hyper_channels=64, encoder_channels=(48, 96, 128),
                           hyper_hidden=96, decoder_channels=(160, 128, 64, 32),
                           decoder_res_blocks=1, latent_kernel=1, level_exponents=(16, 8, 0, -8, -16),
-                          num_scales=80),
+                          num_scales=80, hyper_log_input=True),
         train=TrainConfig(learning_rate=3e-4, total_steps=10000, lmbda=0.025, klt_crops=1024,
                           transform_freeze_steps=500, linear_lr_scale=0.1, entropy_lr_scale=10.0,
                           rate_warmup_steps=0),
@@ -343,7 +346,7 @@ def base() -> Config:
         codec=CodecConfig(latent_channels=768, hyper_channels=128, encoder_channels=(96, 192, 256),
                           hyper_hidden=192, decoder_channels=(256, 192, 128, 64),
                           decoder_res_blocks=2, latent_kernel=1, level_exponents=(16, 8, 0, -8, -16),
-                          num_scales=80),
+                          num_scales=80, hyper_log_input=True),
         train=TrainConfig(batch_size=16, crop_size=256, total_steps=200000,
                           diffusion_start_step=5000, checkpoint_every=1000, log_every=100,
                           lmbda=0.025, klt_crops=1024, transform_freeze_steps=2000,

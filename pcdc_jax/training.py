@@ -67,12 +67,15 @@ def init_state(cfg: Config, key: jax.Array | None = None, codec_params=None, une
 
 def klt_start(cfg: Config, codec_params, dataset, batch_size: int):
     """Codec parameters started at the block KLT (`codec.klt`) of the first `train.klt_crops`
-    crops of `dataset` (its batches of steps 0, 1, ...), the same in every process (process 0's)."""
+    crops of `dataset` (its batches of steps 0, 1, ...), with the local-activity hyperprior start
+    when `codec.hyper_log_input`, the same in every process (process 0's)."""
     from jax.experimental import multihost_utils
 
     crops = klt.sample_crops(dataset, cfg.train.klt_crops, batch_size)
-    params = klt.init_linear_paths(jax.device_get(codec_params), cfg.codec, klt.block_klt(crops),
-                                   cfg.train.klt_step)
+    k = klt.block_klt(crops)
+    params = klt.init_linear_paths(jax.device_get(codec_params), cfg.codec, k, cfg.train.klt_step)
+    if cfg.codec.hyper_log_input:
+        params = klt.init_hyper_paths(params, cfg.codec, k, cfg.train.klt_step, crops)
     return multihost_utils.broadcast_one_to_all(params) if jax.process_count() > 1 else params
 
 

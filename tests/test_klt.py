@@ -8,7 +8,7 @@ from pcdc_jax import config, training
 from pcdc_jax.codec import klt
 from pcdc_jax.codec.decoder import stage_halos
 from pcdc_jax.codec.model import Codec
-from pcdc_jax.codec.prior import scale_index, sigma_from_index
+from pcdc_jax.codec.prior import gaussian_likelihood, scale_index, sigma_from_index, sigma_straight_through
 from pcdc_jax.codec.quantize import dequantize, quantize, ste_dequantize
 from tests.conftest import perturbed, sample_image
 
@@ -142,3 +142,58 @@ def test_training_dequantization_value_and_gradients():
     gy, gmu = jax.grad(lambda a, b: jnp.sum(ste_dequantize(a, b, levels, cfg)), argnums=(0, 1))(y, mu)
     np.testing.assert_array_equal(gy, 1.0)
     np.testing.assert_array_equal(gmu, 1.0)
+
+
+def test_the_hyper_start_follows_local_activity():
+    """With the local-activity start, z carries each band's ln-scale deviation and the hyper decoder
+    adds it to the scale indices (z_g / (z_gain * delta) of them), so the real coded rate of the
+    latent falls below that of the static start on the crops, for little z."""
+    cfg = _full_rank_tiny().override(["codec.hyper_channels=12"])
+    cc = cfg.codec
+    crops = _crops(n=80, side=128)
+    step = 10 / 255
+    k = klt.block_klt(crops)
+    static = klt.init_linear_paths(jax.device_get(training.init_params_codec(cfg, jax.random.PRNGKey(0))),
+                                   cc, k, step)
+    params = klt.init_hyper_paths(static, cc, k, step, crops)
+    model = Codec(cc)
+    x = jnp.asarray(crops[:40])       # 160 z positions
+    y, z = model.apply({"params": params}, x, method="analysis")
+    bands = len(klt.activity_groups(768, min(16, cc.hyper_hidden // 2, cc.hyper_channels))) - 1
+    assert bands == 8
+    z_hat = jnp.round(z)
+    assert float(z_hat[..., :bands].std()) > 1.0 and float(jnp.abs(z[..., bands:]).max()) == 0.0
+    mu, t = model.apply({"params": params}, z_hat, method="hyper")
+    _, t0 = model.apply({"params": params}, jnp.zeros_like(z_hat), method="hyper")
+    assert float(jnp.abs(mu).max()) == 0.0
+    edges = klt.activity_groups(768, bands)
+    shift = np.repeat(np.repeat(np.asarray(z_hat), 4, 1), 4, 2)[..., np.repeat(np.arange(bands), np.diff(edges))]
+    np.testing.assert_allclose(np.asarray(t - t0), shift / (4.0 * cc.scale_log_delta), atol=0.5)
+
+    def coded_bits(p, z_hat):
+        levels = jnp.full(y.shape[:3], 2, jnp.int32)
+        mu, t = model.apply({"params": p}, z_hat, method="hyper")
+        sigma = sigma_from_index(scale_index(t, levels, cc), cc)
+        p = gaussian_likelihood(quantize(y, mu, levels, cc), sigma)
+        return float(-jnp.log2(jnp.maximum(p, cc.likelihood_bound)).sum())
+
+    _, z_static = model.apply({"params": static}, x, method="analysis")
+    assert coded_bits(params, z_hat) < 0.94 * coded_bits(static, jnp.round(z_static))
+    with pytest.raises(ValueError, match="hyper_log_input"):
+        klt.init_hyper_paths(static, config.CodecConfig(latent_channels=768), k, step, crops)
+    with pytest.raises(ValueError, match="64x64"):
+        klt.init_hyper_paths(static, cc, k, step, crops[:, :48, :48])
+
+
+def test_the_scale_gradient_stops_at_the_ends_of_the_table():
+    """Inside the scale table d sigma / d t = delta * sigma; beyond either end the coded rate does
+    not move with t, and neither does the training gradient."""
+    cc = config.tiny().codec
+    levels = jnp.array([2, 2, 2, 0])
+    e = cc.level_exponents[2]
+    t = jnp.array([[e + 3.0], [e + cc.num_scales + 5.0], [e - 4.0], [cc.level_exponents[0] + 1.0]])
+    sigma = sigma_straight_through(t, levels, cc)
+    np.testing.assert_allclose(sigma, sigma_from_index(scale_index(t, levels, cc), cc))
+    grad = jax.vmap(jax.grad(lambda t, lv: sigma_straight_through(t, lv, cc).sum()))(t, levels)
+    np.testing.assert_allclose(grad[:, 0], [cc.scale_log_delta * float(sigma[0, 0]), 0.0, 0.0,
+                                            cc.scale_log_delta * float(sigma[3, 0])], rtol=1e-6)

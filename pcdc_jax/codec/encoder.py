@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from pcdc_jax.codec.layers import Down, ResBlock, act, space_to_depth
 from pcdc_jax.config import CodecConfig
@@ -29,7 +30,7 @@ class Encoder(nn.Module):
 
 
 class HyperEncoder(nn.Module):
-    """y [B, h, w, M] -> z [B, h/4, w/4, Cz]."""
+    """y [B, h, w, M] (with ln(1 + |y|) when `cfg.hyper_log_input`) -> z [B, h/4, w/4, Cz]."""
 
     cfg: CodecConfig
 
@@ -37,6 +38,8 @@ class HyperEncoder(nn.Module):
     def __call__(self, y: jax.Array) -> jax.Array:
         c = self.cfg.hyper_hidden
         k = self.cfg.latent_kernel
+        if self.cfg.hyper_log_input:
+            y = jnp.concatenate([y, jnp.log1p(jnp.abs(y))], axis=-1)
         h = act(nn.Conv(c, (k, k), name="conv_in")(y))
         h = Down(c, name="down0")(h)
         return Down(self.cfg.hyper_channels, activation=False, name="down1")(h)

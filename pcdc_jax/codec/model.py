@@ -9,7 +9,7 @@ from pcdc_jax.codec import quantize as q
 from pcdc_jax.codec.decoder import ContextDecoder
 from pcdc_jax.codec.encoder import Encoder, HyperEncoder
 from pcdc_jax.codec.prior import (FactorizedPrior, HyperDecoder, gaussian_likelihood,
-                                  scale_index, sigma_from_index)
+                                  sigma_straight_through)
 from pcdc_jax.config import CodecConfig
 
 
@@ -56,9 +56,7 @@ class Codec(nn.Module):
         # Noisy z into the hyper decoder, as Balle et al.: rounding z of a fresh encoder gives all
         # zeros and a hyper decoder with no kernel gradients.
         mu, t = self.hyper(z_tilde)
-        sigma = sigma_from_index(scale_index(t, levels, cfg), cfg)
-        # Straight-through on the index, but let the rate see d(rate)/d(t) through sigma.
-        sigma = sigma * jnp.exp(cfg.scale_log_delta * (t - jax.lax.stop_gradient(t)))
+        sigma = sigma_straight_through(t, levels, cfg)
         v = q.noisy_symbols(y, mu, levels, ky, cfg)
         ly = jnp.maximum(gaussian_likelihood(v, sigma), cfg.likelihood_bound)
         y_hat = q.ste_dequantize(y, mu, levels, cfg)

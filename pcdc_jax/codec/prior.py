@@ -88,6 +88,17 @@ def sigma_from_index(index: jax.Array, cfg: CodecConfig) -> jax.Array:
     return cfg.scale_min * jnp.exp(cfg.scale_log_delta * index.astype(jnp.float32))
 
 
+def sigma_straight_through(t: jax.Array, level: jax.Array, cfg: CodecConfig) -> jax.Array:
+    """The table scale of (t, level) with the gradient of a continuous one, d sigma / d t =
+    delta * sigma, inside the table; 0 where t lies beyond either end of it, as the coded rate
+    does not move there (a gradient there drives t, and the z behind it, without bound)."""
+    index = scale_index(t, level, cfg)
+    e = jnp.asarray(cfg.level_exponents, jnp.int32)[level]
+    inside = index == t.astype(jnp.int32) - e[..., None]
+    live = jnp.where(inside, t - jax.lax.stop_gradient(t), 0.0)
+    return sigma_from_index(index, cfg) * jnp.exp(cfg.scale_log_delta * live)
+
+
 class _QConv(nn.Module):
     """Convolution whose weights sit on a 2**-wbits grid and bias on a 2**-(wbits+abits) grid."""
 
