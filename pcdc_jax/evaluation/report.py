@@ -102,7 +102,9 @@ def _rd_section(d: Path, asset, crop_methods: Sequence[str] | None) -> str:
     if s.get("crop_match"):
         other, _, m = s["crop_match"].partition("=")
         labels[s["crop_match"]] = f"{labels.get(other, other)} at the size of {m}'s file"
-    methods = [m for i, m in enumerate(methods) if m in (*s["methods"], s.get("crop_match")) and m not in methods[:i]]
+    # (no anchor when its codec was missing on the machine: anchor and crop_match are then None)
+    methods = [m for i, m in enumerate(methods)
+               if m and m in (*s["methods"], s.get("crop_match")) and m not in methods[:i]]
     with open(d / "per_image.csv", newline="") as f:
         rows = {(r["image"], r["method"], float(r["target_ratio"])): r for r in csv.DictReader(f)}
     for ratio in s["crop_ratios"]:
