@@ -293,7 +293,7 @@ def optax_norm(tree):
     return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
 
 
-def test_train_script_exports_a_model_that_decodes(tmp_path, tiny_model_dir, coffee):
+def test_train_script_exports_a_model_that_decodes(tmp_path, tiny_model_dir, coffee, capsys):
     sys.path.insert(0, str(ROOT / "train"))
     import train_diffusion
     run, out = tmp_path / "run", tmp_path / "model"
@@ -307,6 +307,15 @@ def test_train_script_exports_a_model_that_decodes(tmp_path, tiny_model_dir, cof
         np.testing.assert_array_equal(a, b)
     assert m.unet is not None and m.cfg.diffusion.default_steps == 2
     assert m.fingerprint == checkpoint.load_model(tiny_model_dir).fingerprint   # same codec
+    # a fresh run can start from another model's U-Net (0 steps: exported as it was loaded)
+    argv[5] = str(tmp_path / "run2")
+    train_diffusion.main(argv + ["--steps", "0", "--init-unet", str(out), "--export", str(tmp_path / "init")])
+    for a, b in zip(jax.tree.leaves(m.unet), jax.tree.leaves(checkpoint.load_model(tmp_path / "init").unet)):
+        np.testing.assert_array_equal(a, b)
+    argv[5] = str(tmp_path / "run3")
+    with pytest.raises(SystemExit):       # a U-Net of another architecture
+        train_diffusion.main(argv + ["diffusion.time_dim=8", "--init-unet", str(out)])
+    assert "--init-unet" in capsys.readouterr().err
     rt = api.Runtime(m)
     assert rt.default_steps == 2
     data = api.compress(coffee[:64, :64], rt, level=2).data
