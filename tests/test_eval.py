@@ -197,6 +197,24 @@ def tiny_images(tmp_path_factory):
     return d
 
 
+def test_rate_proxy_script(tiny_images, tiny_model_dir, tmp_path, capsys):
+    """The training proxy against the coded rate, per level, on the images' 64x64 corners (the
+    48-pixel-high one is left out)."""
+    script = load_script("rate_proxy")
+    out = tmp_path / "proxy.json"
+    script.main(["--model", str(tiny_model_dir), "--data", str(tiny_images), "--crop", "64", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["level"] for r in rows] == list(range(5))
+    coded = [r["coded_bpp"] for r in rows]
+    assert all(a < b for a, b in zip(coded, coded[1:])) and coded[0] > 0     # finer levels cost more
+    for r in rows:
+        assert r["proxy_bpp"] > 0 and r["ratio"] == pytest.approx(r["proxy_bpp"] / r["coded_bpp"])
+    assert "| 4 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        script.main(["--model", str(tiny_model_dir), "--data", str(tiny_images), "--crop", "50"])
+    assert "multiple of 64" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def rd_run(tiny_images, tiny_model_dir, tmp_path_factory):
     script = load_script("rd")
