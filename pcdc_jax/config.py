@@ -83,6 +83,8 @@ class TrainConfig:
     # rate_warmup_steps (a low start avoids collapsing to a gray, zero-rate image).
     rate_weight_start: float = 0.1
     rate_warmup_steps: int = 1000
+    # The hyper decoder reads z rounded (straight-through), as when coding, instead of noised.
+    hyper_rounded_z: bool = False
     # Weight of the diffusion U-Net's loss (x0 loss + diffusion.lpips_weight * LPIPS) in the joint
     # loss; 0 trains the codec alone (no U-Net in the state). Its gradient reaches the codec through
     # x_base and the context features, as in CDC's end-to-end training.

@@ -102,7 +102,7 @@ def state_digest(state: TrainState) -> str:
 def loss_fn(params, x, levels, key, step, cfg: Config, lpips_params=None):
     """(loss, metrics) for images x [B, H, W, 3] in [0, 1] at the level map `levels` [B, h, w]."""
     kc, kd = jax.random.split(key)
-    out = Codec(cfg.codec).apply({"params": params["codec"]}, x, levels, kc)
+    out = Codec(cfg.codec).apply({"params": params["codec"]}, x, levels, kc, cfg.train.hyper_rounded_z)
     loss, metrics = codec_loss(out, x, levels, step, cfg)
     if "unet" in params:
         d_loss, d_metrics = diffusion_training.loss_fn(params["unet"], x, out["x_base"], out["features"],

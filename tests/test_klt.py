@@ -9,7 +9,7 @@ from pcdc_jax.codec import klt
 from pcdc_jax.codec.decoder import stage_halos
 from pcdc_jax.codec.model import Codec
 from pcdc_jax.codec.prior import gaussian_likelihood, scale_index, sigma_from_index, sigma_straight_through
-from pcdc_jax.codec.quantize import dequantize, quantize, ste_dequantize
+from pcdc_jax.codec.quantize import dequantize, noisy_symbols, quantize, ste_dequantize
 from tests.conftest import perturbed, sample_image
 
 
@@ -176,6 +176,16 @@ def test_the_hyper_start_follows_local_activity():
         sigma = sigma_from_index(scale_index(t, levels, cc), cc)
         p = gaussian_likelihood(quantize(y, mu, levels, cc), sigma)
         return float(-jnp.log2(jnp.maximum(p, cc.likelihood_bound)).sum())
+
+    # in training, `rounded_z` gives the hyper decoder the rounded z coding gives it
+    lv = jnp.full(y.shape[:3], 2, jnp.int32)
+    key = jax.random.PRNGKey(3)
+    out = model.apply({"params": params}, x, lv, key, rounded_z=True)
+    v = noisy_symbols(y, mu, lv, jax.random.split(key)[1], cc)
+    sigma = sigma_from_index(scale_index(t, lv, cc), cc)
+    expect = -jnp.log2(jnp.maximum(gaussian_likelihood(v, sigma), cc.likelihood_bound)).sum(-1)
+    np.testing.assert_allclose(out["bits_y"], expect, rtol=1e-5)
+    assert not np.allclose(model.apply({"params": params}, x, lv, key)["bits_y"], expect, rtol=1e-3)
 
     _, z_static = model.apply({"params": static}, x, method="analysis")
     assert coded_bits(params, z_hat) < 0.94 * coded_bits(static, jnp.round(z_static))

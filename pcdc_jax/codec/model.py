@@ -41,8 +41,9 @@ class Codec(nn.Module):
         """-> (x_base [B, H, W, 3], multi-scale features); `crop`: see ContextDecoder."""
         return self.decoder(y_hat, levels, crop)
 
-    def __call__(self, x, levels, key):
-        """Training forward with noisy rate proxies.
+    def __call__(self, x, levels, key, rounded_z: bool = False):
+        """Training forward with noisy rate proxies; the hyper decoder reads the noisy z, or
+        with `rounded_z` the rounded z it reads at coding time (straight-through).
 
         x [B, H, W, 3] in [0, 1]; levels int [B, H/16, W/16]. Returns a dict with x_base, bits of
         y per block [B, h, w], bits of z per image [B], and the context features {stride: map}
@@ -53,9 +54,11 @@ class Codec(nn.Module):
         y, z = self.analysis(x)
         z_tilde = z + jax.random.uniform(kz, z.shape, z.dtype, -0.5, 0.5)
         lz = jnp.maximum(self.z_likelihood(z_tilde), cfg.likelihood_bound)
-        # Noisy z into the hyper decoder, as Balle et al.: rounding z of a fresh encoder gives all
-        # zeros and a hyper decoder with no kernel gradients.
-        mu, t = self.hyper(z_tilde)
+        # Noisy z into the hyper decoder by default, as Balle et al.: rounding z of a randomly
+        # started encoder gives all zeros and a hyper decoder with no kernel gradients. After a
+        # local-activity start (`klt.init_hyper_paths`) z is not all zeros, and `rounded_z` gives
+        # the hyper decoder what it reads when coding.
+        mu, t = self.hyper(z + jax.lax.stop_gradient(jnp.round(z) - z) if rounded_z else z_tilde)
         sigma = sigma_straight_through(t, levels, cfg)
         v = q.noisy_symbols(y, mu, levels, ky, cfg)
         ly = jnp.maximum(gaussian_likelihood(v, sigma), cfg.likelihood_bound)
