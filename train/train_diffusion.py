@@ -43,14 +43,14 @@ def main(argv=None):
     mesh = trainer.mesh_for(ap, args, cfg)
     data = trainer.open_dataset(ap, args, cfg)          # before the (slow) model set-up
     root = trainer.root_key(cfg)
-    state = training.init_state(cfg, jax.random.fold_in(root, 0))
+    key, unet = jax.random.fold_in(root, 0), None
     if args.init_unet and not resuming:
         unet = checkpoint.load_model(args.init_unet).unet
-        if unet is None or not same_shapes(unet, state.params):
+        shapes = jax.eval_shape(lambda: training.init_state(cfg, key).params)   # nothing computed
+        if unet is None or not same_shapes(unet, shapes):
             ap.error(f"--init-unet: {args.init_unet} has no U-Net of this run's architecture (diffusion.*)")
-        state = training.init_state(cfg, params=unet)
         print(f"U-Net initialised from {args.init_unet}", file=sys.stderr)
-    state = parallel.replicate(state, mesh)
+    state = parallel.replicate(training.init_state(cfg, key, unet), mesh)
     if resuming:
         state = checkpoint.restore_state(mngr, state)
         print(f"resumed from step {int(state.step)}", file=sys.stderr)

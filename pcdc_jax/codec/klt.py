@@ -179,7 +179,8 @@ def init_hyper_paths(params, cfg: CodecConfig, k: Klt, step: float, crops: np.nd
         kern[ctr, ctr, sources, unit] = weights
         layer["bias"][unit] = 0
 
-    leak = 1.1      # leaky_relu(x) - leaky_relu(-x) = 1.1 x
+    # a 2x2 average of +/- pairs after leaky ReLUs: leaky_relu(x) - leaky_relu(-x) = 1.1 x
+    pair_mean = np.tile([0.25, -0.25], 4) / 1.1
     he = dict(params["hyper_encoder"])
     conv_in, down0, down1 = (conv(he["conv_in"]), conv(he["down0"]["Conv_0"]),
                              conv(he["down1"]["Conv_0"]))
@@ -196,13 +197,13 @@ def init_hyper_paths(params, cfg: CodecConfig, k: Klt, step: float, crops: np.nd
             # encoder: the band's deviation, then its 2x2 averages, as +/- pairs
             route(conv_in, np.arange(m + a, m + b), unit, sign * slope[g] / (b - a))
             conv_in["bias"][unit] = -sign * slope[g] * log_mean[a:b].mean()
-            route(down0, np.ravel(subs), unit, sign * np.tile([0.25, -0.25], 4) / leak)
+            route(down0, np.ravel(subs), unit, sign * pair_mean)
             # decoder: z_g / z_gain as a +/- pair, copied to the 2x2 sub-positions twice
             route(conv0, [g], unit, sign / z_gain)
             for layer in (conv1, conv2):
                 for q in range(4):
                     route(layer, [unit], q * c + unit, 1.0)
-        route(down1, np.ravel(subs), g, z_gain * np.tile([0.25, -0.25], 4) / leak)
+        route(down1, np.ravel(subs), g, z_gain * pair_mean)
         conv3["kernel"][0, 0, [pos, neg], m + a:m + b] = np.array([[1.0], [-1.0]]) / cfg.scale_log_delta
         conv3["bias"][m + a:m + b] += np.round(intercept[g] / cfg.scale_log_delta)
     he.update(conv_in=conv_in, down0={"Conv_0": down0}, down1={"Conv_0": down1})
