@@ -80,8 +80,13 @@ def scale_index(t: jax.Array, level: jax.Array, cfg: CodecConfig) -> jax.Array:
     Symbols are (y - mu) / step_k with step_k = exp(delta * e_k), so their scale is
     sigma / step_k = scale_min * exp(delta * (t - e_k)).
     """
+    return jnp.clip(_unclipped_index(t, level, cfg), 0, cfg.num_scales - 1)
+
+
+def _unclipped_index(t: jax.Array, level: jax.Array, cfg: CodecConfig) -> jax.Array:
+    """t - e_level: the scale index before it is clipped to the table."""
     e = jnp.asarray(cfg.level_exponents, jnp.int32)[level]
-    return jnp.clip(t.astype(jnp.int32) - e[..., None], 0, cfg.num_scales - 1)
+    return t.astype(jnp.int32) - e[..., None]
 
 
 def sigma_from_index(index: jax.Array, cfg: CodecConfig) -> jax.Array:
@@ -92,9 +97,9 @@ def sigma_straight_through(t: jax.Array, level: jax.Array, cfg: CodecConfig) -> 
     """The table scale of (t, level) with the gradient of a continuous one, d sigma / d t =
     delta * sigma, inside the table; 0 where t lies beyond either end of it, as the coded rate
     does not move there (a gradient there drives t, and the z behind it, without bound)."""
-    index = scale_index(t, level, cfg)
-    e = jnp.asarray(cfg.level_exponents, jnp.int32)[level]
-    inside = index == t.astype(jnp.int32) - e[..., None]
+    raw = _unclipped_index(t, level, cfg)
+    index = jnp.clip(raw, 0, cfg.num_scales - 1)
+    inside = index == raw
     live = jnp.where(inside, t - jax.lax.stop_gradient(t), 0.0)
     return sigma_from_index(index, cfg) * jnp.exp(cfg.scale_log_delta * live)
 
