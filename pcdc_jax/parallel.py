@@ -32,26 +32,20 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-    """1-D data-parallel mesh over the first `num_devices` devices (all of them by default; all
-    of every process's devices when running multi-process)."""
-    devices = jax.devices()
+def make_mesh(num_devices: int | None = None, *, local: bool = False) -> Mesh:
+    """1-D data-parallel mesh over the first `num_devices` devices (all of them by default).
+
+    Multi-process, the mesh spans every device of every process; with `local=True` it spans only
+    this process's own devices, for work each process does alone, such as decoding its share of
+    an archive."""
+    devices = jax.local_devices() if local else jax.devices()
     if num_devices is not None:
-        if jax.process_count() > 1 and num_devices != len(devices):
+        if not local and jax.process_count() > 1 and num_devices != len(devices):
             raise ValueError("a multi-process mesh uses every device of every process")
         if not 1 <= num_devices <= len(devices):
             raise ValueError(f"asked for {num_devices} devices, {len(devices)} available")
         devices = devices[:num_devices]
     return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def local_mesh(num_devices: int | None = None) -> Mesh:
-    """1-D data-parallel mesh over the first `num_devices` of this process's own devices (all by
-    default): for work each process does alone, such as decoding its share of an archive."""
-    devices = jax.local_devices()
-    if num_devices is not None and not 1 <= num_devices <= len(devices):
-        raise ValueError(f"asked for {num_devices} devices, {len(devices)} available")
-    return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -34,7 +34,7 @@ class WindowDecoder:
     def __init__(self, cfg: Config, codec_params: Any, unet_params: Any | None = None,
                  devices: int | None = None):
         self.cfg = cfg
-        self.mesh = parallel.local_mesh(devices)
+        self.mesh = parallel.make_mesh(devices, local=True)
         self.codec_params = parallel.replicate(codec_params, self.mesh)
         self.unet_params = None if unet_params is None else parallel.replicate(unet_params, self.mesh)
         self._fns: dict = {}
