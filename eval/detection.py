@@ -17,7 +17,9 @@ reconstructions; the detector then runs at conf 0.001 so AP sees the whole ranki
 detections >= --conf enter everything else. --tile runs native-resolution tiles of the
 detector's input size (for frames much larger than it). A method that is not installed is
 skipped; an image a method cannot code at the ratio is skipped for that method and named.
-Prints a markdown table; writes the per-image values as JSON.
+Prints a markdown table; writes the per-image values as JSON. Resumable: each finished image goes
+to a journal beside the output (OUT.rows.jsonl), and the same command run again measures only the
+images it lacks; other settings with the same --out are refused.
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ def fail(msg: str):
 
 
 def load_codecs(specs, model, steps):
-    """The Codecs of the methods that are available, and {spec: why} of the others (printed)."""
+    """The Codecs of the methods that are available, {spec: why} of the others (printed), and
+    the model runtime (None without pcdc methods)."""
     from pcdc_jax.evaluation import codecs
 
     runtime, out, unavailable = None, [], {}
@@ -62,11 +65,64 @@ def load_codecs(specs, model, steps):
             unavailable[spec] = str(e)
         except ValueError as e:
             fail(f"--methods {spec}: {e}")
-    return out, unavailable
+    return out, unavailable, runtime
 
 
 def _f(v, fmt=".3f"):
     return "-" if v is None else format(v, fmt)
+
+
+def _measure(name: str, im: np.ndarray, detector, methods, conf: float, ratio: float):
+    """(row, skipped, detections) of one image: the row of per-method comparisons, the methods
+    that could not code it at `ratio`, and {"original" or method: every detection} (for AP)."""
+    h, w = im.shape[:2]
+    d_all = detector.detect(im)
+    d0 = d_all.above(conf)
+    row = {"image": name, "width": w, "height": h,
+           "original": {"n": len(d0.scores),
+                        "mean_conf": float(d0.scores.mean()) if len(d0.scores) else None,
+                        "classes": {detector.names[c]: int(k) for c, k in
+                                    zip(*np.unique(d0.classes, return_counts=True))}}}
+    found, skipped = {"original": d_all}, []
+    limit = api.budget_bytes(h, w, ratio=ratio)
+    for codec in methods:
+        t = time.perf_counter()
+        data = codec.encode(im, limit)
+        if data is None:
+            print(f"skipping {name} for {codec.name}: cannot reach ratio {ratio:g}", file=sys.stderr)
+            skipped.append({"image": name, "method": codec.name,
+                            "reason": f"cannot reach ratio {ratio:g} ({limit} bytes)"})
+            continue
+        recon = codec.decode(data)
+        seconds = time.perf_counter() - t
+        found[codec.name] = detector.detect(recon)
+        v = det.compare(d0, found[codec.name].above(conf))
+        v.update(bytes=len(data), bpp=8 * len(data) / (h * w), seconds=seconds)
+        row[codec.name] = v
+    return row, skipped, found
+
+
+def _read_journal(path: Path, run: dict) -> dict | None:
+    """{image: (row, skipped, detections)} of an earlier run of the same settings ({} if there is
+    none); None if the journal belongs to another run. A line cut short by a kill is ignored."""
+    if not path.exists():
+        return {}
+    lines = path.read_text().splitlines()
+    try:
+        if json.loads(lines[0])["run"] != run:
+            return None
+    except (IndexError, KeyError, json.JSONDecodeError):
+        return None
+    done = {}
+    for line in lines[1:]:
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        found = {k: det.Detections(np.asarray(b, np.float32).reshape(-1, 4), np.asarray(s, np.float32),
+                                   np.asarray(c, np.int64)) for k, (b, s, c) in r["dets"].items()}
+        done[r["row"]["image"]] = (r["row"], r["skipped"], found)
+    return done
 
 
 def main(argv=None):
@@ -93,62 +149,61 @@ def main(argv=None):
             raise FileNotFoundError(f"label folder {args.labels}: no such folder")
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
-    methods, unavailable = load_codecs(args.methods, args.model, args.steps)
+    methods, unavailable, runtime = load_codecs(args.methods, args.model, args.steps)
     names = [c.name for c in methods]          # e.g. "jpeg", "pcdc:ppo@16"
     eval_classes = sorted(set(det.DEFAULT_CLASS_MAP.values()))
+
+    out = Path(args.out or ROOT / "outputs" / f"detection_r{args.ratio:g}.json")
+    run = {"detector": str(Path(args.detector).resolve()), "data": str(Path(args.data).resolve()),
+           "labels": str(Path(args.labels).resolve()) if args.labels else None, "ratio": args.ratio,
+           "steps": args.steps, "tile": args.tile, "conf": args.conf, "methods": names,
+           "model_fingerprint": runtime.model.fingerprint.hex() if runtime is not None else None}
+    journal = out.with_suffix(".rows.jsonl")    # one line per finished image: a rerun resumes from it
+    done = _read_journal(journal, run)
+    if done is None:
+        fail(f"{journal} holds a run with other settings, data or model; give another --out")
+    if done:
+        print(f"resuming: {len(done)} images from {journal}", file=sys.stderr)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not journal.exists():
+        journal.write_text(json.dumps({"run": run}) + "\n")
 
     per_image, skipped, empty = [], [], []
     dets = {"original": [], **{n: [] for n in names}}   # for AP: detections (and gts) per image
     gts = {"original": [], **{n: [] for n in names}}
-    for f in files:
-        im = read_image(f, notices=[])
-        h, w = im.shape[:2]
-        d_all = detector.detect(im)
-        d0 = d_all.above(args.conf)
-        row = {"image": f.name, "width": w, "height": h,
-               "original": {"n": len(d0.scores),
-                            "mean_conf": float(d0.scores.mean()) if len(d0.scores) else None,
-                            "classes": {detector.names[c]: int(k) for c, k in
-                                        zip(*np.unique(d0.classes, return_counts=True))}}}
-        if not len(d0.scores):
-            empty.append(f.name)
-            print(f"note: {f.name}: the detector found nothing on the original", file=sys.stderr)
-        gt = None
-        if args.labels:
-            try:
-                labels = det.load_labels(args.labels, f, w, h)
-            except ValueError as e:
-                fail(str(e))
-            if labels is None:
-                print(f"note: {f.name}: no label file in {args.labels}", file=sys.stderr)
+    with open(journal, "a") as jf:
+        for f in files:
+            im = read_image(f, notices=[])
+            labels = None
+            if args.labels:                      # read on every run: the journal keeps no labels
+                try:
+                    labels = det.load_labels(args.labels, f, im.shape[1], im.shape[0])
+                except ValueError as e:
+                    fail(str(e))
+                if labels is None:
+                    print(f"note: {f.name}: no label file in {args.labels}", file=sys.stderr)
+            if f.name in done:
+                row, skip, found = done[f.name]
             else:
+                row, skip, found = _measure(f.name, im, detector, methods, args.conf, args.ratio)
+                jf.write(json.dumps({"row": row, "skipped": skip,
+                                     "dets": {k: [v.boxes.tolist(), v.scores.tolist(), v.classes.tolist()]
+                                              for k, v in found.items()}}) + "\n")
+                jf.flush()
+            per_image.append(row)
+            skipped += skip
+            if not row["original"]["n"]:
+                empty.append(f.name)
+                print(f"note: {f.name}: the detector found nothing on the original", file=sys.stderr)
+            if labels is not None:
                 gt, dropped = det.map_classes(labels)
                 row["labels"] = {"n": len(labels.classes), "mapped": len(gt.classes), "dropped": dropped}
-                dets["original"].append(d_all)
-                gts["original"].append(gt)
-        limit = api.budget_bytes(h, w, ratio=args.ratio)
-        for codec in methods:
-            name = codec.name
-            t = time.perf_counter()
-            data = codec.encode(im, limit)
-            if data is None:
-                print(f"skipping {f.name} for {name}: cannot reach ratio {args.ratio:g}", file=sys.stderr)
-                skipped.append({"image": f.name, "method": name,
-                                "reason": f"cannot reach ratio {args.ratio:g} ({limit} bytes)"})
-                continue
-            recon = codec.decode(data)
-            seconds = time.perf_counter() - t
-            r_all = detector.detect(recon)
-            v = det.compare(d0, r_all.above(args.conf))
-            v.update(bytes=len(data), bpp=8 * len(data) / (h * w), seconds=seconds)
-            row[name] = v
-            if gt is not None:
-                dets[name].append(r_all)
-                gts[name].append(gt)
-        per_image.append(row)
-        print(f"{f.name}: {len(d0.scores)} detections on the original"
-              + "".join(f", {n} {row[n]['n_recon']} ({row[n]['matched']} matched, {row[n]['bpp']:.3f} bpp)"
-                        for n in names if n in row), flush=True)
+                for k in found:
+                    dets[k].append(found[k])
+                    gts[k].append(gt)
+            print(f"{f.name}: {row['original']['n']} detections on the original"
+                  + "".join(f", {n} {row[n]['n_recon']} ({row[n]['matched']} matched, {row[n]['bpp']:.3f} bpp)"
+                            for n in names if n in row), flush=True)
 
     summary = {n: det.pool([r[n] for r in per_image if n in r]) for n in names}
     accuracy = None
@@ -182,8 +237,6 @@ def main(argv=None):
         table += [f"| {n} | {a['images']} | {_f(a['precision'])} | {_f(a['recall'])} | {_f(a['map50'])} |"
                   for n, a in accuracy.items()]
     table = "\n".join(table)
-    out = Path(args.out or ROOT / "outputs" / f"detection_r{args.ratio:g}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, json.dumps({
         "detector": str(args.detector), "format": detector.format, "input_size": list(detector.input_size),
         "tile": detector.tile, "conf": args.conf, "data": str(args.data), "labels": args.labels,

@@ -236,9 +236,10 @@ def test_script_end_to_end(tmp_path, tiny_model_dir, capsys):
     (labels / "crop0.txt").write_text("0 0.5 0.5 0.5 0.5\n")
     (labels / "classes.txt").write_text("car\n")
     out = tmp_path / "det.json"
-    load_script("detection").main(["--detector", str(YOLOX), "--data", str(data), "--labels", str(labels),
-                    "--model", str(tiny_model_dir), "--methods", "pcdc:uniform", "jpeg",
-                    "--ratio", "8", "--steps", "0", "--out", str(out)])
+    args = ["--detector", str(YOLOX), "--data", str(data), "--labels", str(labels),
+            "--model", str(tiny_model_dir), "--methods", "pcdc:uniform", "jpeg",
+            "--ratio", "8", "--steps", "0", "--out", str(out)]
+    load_script("detection").main(args)
     r = json.loads(out.read_text())
     assert r["format"] == "yolox" and r["ratio"] == 8
     assert r["methods"] == ["pcdc:uniform@0", "jpeg"]
@@ -260,6 +261,23 @@ def test_script_end_to_end(tmp_path, tiny_model_dir, capsys):
     assert "| method |" in printed.out and "mAP@0.5" in printed.out
     for name in r["no_detections"]:
         assert f"{name}: the detector found nothing" in printed.err
+
+    # resumable: a run killed after its first image (and halfway through a line) measures only the rest
+    journal = out.with_suffix(".rows.jsonl")
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 4
+    journal.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])
+    load_script("detection").main(args)
+    assert "resuming: 1 images" in capsys.readouterr().err
+    again = json.loads(out.read_text())
+
+    def without_times(images):
+        return [{k: {**v, "seconds": 0} if isinstance(v, dict) and "seconds" in v else v for k, v in im.items()}
+                for im in images]
+    assert without_times(again["images"]) == without_times(r["images"])
+    assert again["accuracy"] == r["accuracy"] and again["summary"] == r["summary"]
+    with pytest.raises(SystemExit, match="other settings.*another --out"):
+        load_script("detection").main([*args[:-6], "--ratio", "12", "--steps", "0", "--out", str(out)])
 
 
 def test_script_errors(tmp_path):
