@@ -105,9 +105,9 @@ def _measure(name: str, im: np.ndarray, detector, methods, conf: float, ratio: f
 def _read_journal(path: Path, run: dict) -> dict | None:
     """{image: (row, skipped, detections)} of an earlier run of the same settings ({} if there is
     none); None if the journal belongs to another run. A line cut short by a kill is ignored."""
-    if not path.exists():
+    lines = path.read_text().splitlines() if path.exists() else []
+    if not lines:
         return {}
-    lines = path.read_text().splitlines()
     try:
         if json.loads(lines[0])["run"] != run:
             return None
@@ -165,7 +165,7 @@ def main(argv=None):
     if done:
         print(f"resuming: {len(done)} images from {journal}", file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not journal.exists():
+    if not done:                                # a new journal (or one with no finished image)
         journal.write_text(json.dumps({"run": run}) + "\n")
 
     per_image, skipped, empty = [], [], []
