@@ -1,9 +1,12 @@
 """Our codec at every uniform level against JPEG (Pillow/libjpeg) at the same file size.
 
   python eval/rd_jpeg.py [--model DIR] [--data ../shared/data/kodak] [--out outputs/rd_jpeg.json]
+                         [--no-optimize]
 
 For each image and level, the JPEG quality is the highest whose file is no larger than ours
-(4:2:0 and 4:4:4 both tried, the better PSNR kept). bpp always from real file sizes.
+(4:2:0 and 4:4:4 both tried, the better PSNR kept), with optimized Huffman tables as in
+eval/rd.py (--no-optimize: libjpeg's default tables, as in BENCHMARKS.md's figures before
+2026-11-23's session 12). bpp always from real file sizes.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
 
 
-def jpeg_at_most(image: np.ndarray, max_bytes: int) -> tuple[int, float] | None:
+def jpeg_at_most(image: np.ndarray, max_bytes: int, optimize: bool = True) -> tuple[int, float] | None:
     """Best PSNR JPEG no larger than max_bytes: (bytes, psnr), or None if even q=1 is larger."""
     best = None
     for subsampling in (2, 0):
@@ -38,7 +41,7 @@ def jpeg_at_most(image: np.ndarray, max_bytes: int) -> tuple[int, float] | None:
         while lo <= hi:
             q = (lo + hi) // 2
             buf = io.BytesIO()
-            Image.fromarray(image).save(buf, "JPEG", quality=q, subsampling=subsampling)
+            Image.fromarray(image).save(buf, "JPEG", quality=q, subsampling=subsampling, optimize=optimize)
             if buf.tell() <= max_bytes:
                 found, lo = (q, buf.getvalue()), q + 1
             else:
@@ -57,6 +60,7 @@ def main(argv=None):
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "kodak"))
     ap.add_argument("--limit", type=int)
     ap.add_argument("--out", default=str(ROOT / "outputs" / "rd_jpeg.json"))
+    ap.add_argument("--no-optimize", action="store_true", help="JPEG with libjpeg's default Huffman tables")
     args = ap.parse_args(argv)
     rt = api.load(args.model)
     files = list_images(args.data)[: args.limit]
@@ -68,7 +72,7 @@ def main(argv=None):
         for level in range(rt.num_levels):
             r = rt.encode(an, rt.uniform_levels(an, level))
             rec = api.reconstruct(an, r.levels, rt)
-            jp = jpeg_at_most(img, len(r.data))
+            jp = jpeg_at_most(img, len(r.data), optimize=not args.no_optimize)
             per_image.append({"image": f.name, "level": level, "bpp": 8 * len(r.data) / px,
                               "psnr": psnr(img, rec),
                               "jpeg_bpp": 8 * jp[0] / px if jp else None,
@@ -87,7 +91,7 @@ def main(argv=None):
             "jpeg_psnr": float(np.mean([r["jpeg_psnr"] for r in both])) if both else None,
             "ours_psnr_same_images": float(np.mean([r["psnr"] for r in both])) if both else None,
             "jpeg_possible": f"{len(both)}/{len(rows)}"})
-    out = {"data": args.data, "model_fingerprint": rt.model.fingerprint.hex(),
+    out = {"data": args.data, "jpeg_optimize": not args.no_optimize, "model_fingerprint": rt.model.fingerprint.hex(),
            "per_image": per_image, "summary": summary}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
