@@ -37,6 +37,7 @@ from pcdc_jax import api  # noqa: E402
 from pcdc_jax.data.datasets import list_images  # noqa: E402
 from pcdc_jax.data.images import atomic_write_bytes, read_image  # noqa: E402
 from pcdc_jax.evaluation import detection as det  # noqa: E402
+from pcdc_jax.evaluation.journal import read as read_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -105,20 +106,13 @@ def _measure(name: str, im: np.ndarray, detector, methods, conf: float, ratio: f
 def _read_journal(path: Path, run: dict) -> dict | None:
     """{image: (row, skipped, detections)} of an earlier run of the same settings ({} if there is
     none); None if the journal belongs to another run. A line cut short by a kill is ignored."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    if not lines:
+    records = read_records(path)
+    if not records:
         return {}
-    try:
-        if json.loads(lines[0])["run"] != run:
-            return None
-    except (IndexError, KeyError, json.JSONDecodeError):
+    if records[0].get("run") != run:
         return None
     done = {}
-    for line in lines[1:]:
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for r in records[1:]:
         found = {k: det.Detections(np.asarray(b, np.float32).reshape(-1, 4), np.asarray(s, np.float32),
                                    np.asarray(c, np.int64)) for k, (b, s, c) in r["dets"].items()}
         done[r["row"]["image"]] = (r["row"], r["skipped"], found)

@@ -29,6 +29,7 @@ from pcdc_jax import api, metrics  # noqa: E402
 from pcdc_jax.data.datasets import list_images  # noqa: E402
 from pcdc_jax.data.images import atomic_write_bytes, read_image  # noqa: E402
 from pcdc_jax.evaluation import codecs, figures, rd  # noqa: E402
+from pcdc_jax.evaluation.journal import read as read_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = [f"pcdc:{p}" for p in api.POLICIES]
@@ -105,13 +106,7 @@ def main(argv=None):
         ap.error(f"{out} holds a run on other data or another model ({out / 'run.json'}); give a new --out")
     _write(out / "run.json", json.dumps(run))
     journal = out / "rows.jsonl"            # every measured row as it comes: a rerun resumes from it
-    done = []
-    for line in journal.read_text().splitlines() if journal.exists() else []:
-        try:
-            done.append(json.loads(line))
-        except json.JSONDecodeError:    # the last line of a run killed while writing it
-            continue
-    done = [r for r in done if set(args.metrics) <= set(r) or r.get("bytes") is None]
+    done = [r for r in read_records(journal) if set(args.metrics) <= set(r) or r.get("bytes") is None]
     if done:
         print(f"resuming: {len(done)} rows from {journal}", file=sys.stderr)
     with open(journal, "a") as jf:
