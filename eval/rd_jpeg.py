@@ -11,6 +11,7 @@ eval/rd.py (--no-optimize: libjpeg's default tables, as in BENCHMARKS.md's figur
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import sys
@@ -24,6 +25,7 @@ from PIL import Image  # noqa: E402
 from pcdc_jax import api  # noqa: E402
 from pcdc_jax.data.datasets import list_images  # noqa: E402
 from pcdc_jax.data.images import read_image  # noqa: E402
+from pcdc_jax.evaluation.codecs import best_within  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,20 +37,17 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def jpeg_at_most(image: np.ndarray, max_bytes: int, optimize: bool = True) -> tuple[int, float] | None:
     """Best PSNR JPEG no larger than max_bytes: (bytes, psnr), or None if even q=1 is larger."""
+    def save(subsampling, quality):
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, "JPEG", quality=quality, subsampling=subsampling, optimize=optimize)
+        return buf.getvalue()
+
     best = None
     for subsampling in (2, 0):
-        lo, hi, found = 1, 100, None
-        while lo <= hi:
-            q = (lo + hi) // 2
-            buf = io.BytesIO()
-            Image.fromarray(image).save(buf, "JPEG", quality=q, subsampling=subsampling, optimize=optimize)
-            if buf.tell() <= max_bytes:
-                found, lo = (q, buf.getvalue()), q + 1
-            else:
-                hi = q - 1
-        if found:
-            dec = np.asarray(Image.open(io.BytesIO(found[1])).convert("RGB"))
-            cand = (len(found[1]), psnr(image, dec))
+        data = best_within(functools.partial(save, subsampling), range(1, 101), max_bytes)
+        if data is not None:
+            dec = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            cand = (len(data), psnr(image, dec))
             if best is None or cand[1] > best[1]:
                 best = cand
     return best
