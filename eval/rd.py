@@ -1,7 +1,7 @@
 """Rate-distortion study: our codec (every allocation policy, chosen step counts) against JPEG,
 JPEG 2000, WebP, AVIF, JPEG XL and HEVC intra, all at the same byte budgets.
 
-  python eval/rd.py --data DIR --out DIR [--model DIR] [--limit N]
+  python eval/rd.py --data DIR --out DIR [--model DIR] [--images NAME ...] [--limit N]
       [--ratios 8 12 16 24 32 48] [--methods pcdc:ppo pcdc:uniform ... jpeg hevc] [--steps 0 16]
       [--metrics psnr ms_ssim lpips_alex dists] [--anchor hevc]
       [--table psnr=30 lpips_alex=0.2 dists=0.15] [--crop-ratios 24]
@@ -55,6 +55,7 @@ def main(argv=None):
     ap.add_argument("--data", required=True, help="an image folder or one image")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--model")
+    ap.add_argument("--images", nargs="+", metavar="NAME", help="only these files of --data, by name")
     ap.add_argument("--limit", type=int)
     ap.add_argument("--ratios", nargs="+", type=float, default=[8, 12, 16, 24, 32, 48])
     ap.add_argument("--methods", nargs="+", default=POLICIES + list(codecs.CLASSICAL))
@@ -69,9 +70,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if any(r <= 0 for r in args.ratios):
         ap.error("ratios must be positive")
-    files = list_images(args.data)[: args.limit]
-    if not files:
-        ap.error(f"no images in {args.data}")
+    files = list_images(args.data)
+    if args.images:
+        missing = set(args.images) - {f.name for f in files}
+        if missing:
+            ap.error(f"not in {args.data}: {', '.join(sorted(missing))}")
+        files = [f for f in files if f.name in args.images]
+    files = files[: args.limit]
     out = Path(args.out)
     specs = []
     for m in args.methods:

@@ -257,6 +257,20 @@ def test_rd_script_outputs(rd_run):
     assert len((out / "rows.jsonl").read_text().splitlines()) == n
 
 
+def test_rd_script_chosen_images(rd_run, tmp_path, capsys):
+    """--images keeps the named files of --data (here all measured already, so read back from the
+    copied journal); a name that is not there is refused before anything runs."""
+    out, script, argv = rd_run
+    shutil.copytree(out, tmp_path / "rd")
+    argv = [str(tmp_path / "rd") if a == str(out) else a for a in argv]
+    script.main(argv + ["--images", "tiny2.png", "tiny0.png"])
+    assert json.loads((tmp_path / "rd" / "summary.json").read_text())["images"] == ["tiny0.png", "tiny2.png"]
+    with pytest.raises(SystemExit):
+        script.main(argv + ["--images", "tiny0.png", "nothere.png"])
+    err = capsys.readouterr().err
+    assert "not in" in err and "nothere.png" in err and "tiny0.png" not in err.splitlines()[-1]
+
+
 @pytest.fixture(scope="module")
 def ablation(tiny_images, tiny_diffusion_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ablate") / "ablate.json"
