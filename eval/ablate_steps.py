@@ -54,8 +54,11 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "outputs" / "ablate_steps.json"))
     ap.add_argument("--plot", help="PNG of the metrics and decode time against steps (default: --out with .png)")
     args = ap.parse_args(argv)
+    try:
+        files = list_images(args.data)[: args.limit]
+    except FileNotFoundError as e:
+        ap.error(str(e))
     rt = api.load(args.model)
-    files = list_images(args.data)[: args.limit]
     images = [read_image(f, notices=[]) for f in files]
     if args.ratio is None and args.level is None:
         args.level = 1

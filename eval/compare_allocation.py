@@ -55,8 +55,12 @@ def main(argv=None):
     variants = [(p, p, 0) for p in args.policies]
     if args.adapt_steps:
         variants.append(("ppo+tta", "ppo", args.adapt_steps))
+    try:
+        files = list_images(args.data)[: args.limit]
+    except FileNotFoundError as e:
+        ap.error(str(e))
     per_image, skipped = [], []
-    for f in list_images(args.data)[: args.limit]:
+    for f in files:
         im = read_image(f, notices=[])
         row = {"image": f.name}
         try:

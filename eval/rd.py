@@ -70,13 +70,18 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if any(r <= 0 for r in args.ratios):
         ap.error("ratios must be positive")
-    files = list_images(args.data)
+    try:
+        files = list_images(args.data)
+    except FileNotFoundError as e:
+        ap.error(str(e))
     if args.images:
         missing = set(args.images) - {f.name for f in files}
         if missing:
             ap.error(f"not in {args.data}: {', '.join(sorted(missing))}")
         files = [f for f in files if f.name in args.images]
     files = files[: args.limit]
+    if not files:
+        ap.error("--limit leaves no image")
     out = Path(args.out)
     specs = []
     for m in args.methods:

@@ -269,6 +269,9 @@ def test_rd_script_chosen_images(rd_run, tmp_path, capsys):
         script.main(argv + ["--images", "tiny0.png", "nothere.png"])
     err = capsys.readouterr().err
     assert "not in" in err and "nothere.png" in err and "tiny0.png" not in err.splitlines()[-1]
+    with pytest.raises(SystemExit):                   # an empty folder: one line, no traceback
+        script.main(["--data", str(tmp_path / "rd" / "methods"), "--out", str(tmp_path / "x")])
+    assert "no images" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
